@@ -1,0 +1,50 @@
+"""Finding grammar/freeze.lark and building the LALR parser from it, once."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Transformer
+
+GRAMMAR_FILE = "freeze.lark"
+
+
+def grammar_path() -> Path:
+    """Where the grammar is read from.
+
+    An installed wheel carries it inside the package (pyproject.toml force-includes it there);
+    an editable install or a plain checkout reads the top-level grammar/ directory instead.
+    """
+    packaged = resources.files("freezepolicy") / GRAMMAR_FILE
+    if packaged.is_file():
+        return Path(str(packaged))
+    checkout = Path(__file__).resolve().parent.parent / "grammar" / GRAMMAR_FILE
+    if checkout.is_file():
+        return checkout
+    raise FileNotFoundError(
+        f"freezepolicy cannot find its grammar: looked for {packaged} and {checkout}"
+    )
+
+
+def grammar_text() -> str:
+    return grammar_path().read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def build_parser(strict: bool = False, transformer: Transformer | None = None) -> Lark:
+    """The cached LALR parser. `strict=True` (used by a test) makes grammar conflicts fatal.
+
+    With a transformer, its callbacks run as the parser reduces (no tree is built); it must be
+    stateless because the parser is shared. Spans come from tokens, which always carry
+    positions, so position propagation (a third of the parse time) is off.
+    """
+    return Lark(
+        grammar_text(),
+        parser="lalr",
+        lexer="contextual",
+        maybe_placeholders=False,
+        strict=strict,
+        transformer=transformer,
+    )

@@ -1,0 +1,177 @@
+"""Checks of a policy: syntax always; with parameter names, what the policy does to them.
+
+Pure Python (no torch), so syntax-only lint is fast enough for a pre-commit hook.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .api import load, parse
+from .errors import Diagnostic, PolicyError
+from .nodes import Selector, Statement, TypePattern
+from .policy import Policy, selector_matches
+
+#: Problems in the file itself (missing, not text): the CLI exits 2 for these, 1 for the rest.
+FILE_ERROR_CODES = frozenset({"FP001", "FP002", "FP003"})
+
+
+@dataclass
+class LintReport:
+    """What lint found in one policy source."""
+
+    path: str
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    policy: Policy | None = None
+
+    @property
+    def problems(self) -> list[Diagnostic]:
+        """Errors and warnings (notes are information only and do not fail lint)."""
+        return [d for d in self.diagnostics if d.severity in ("error", "warning")]
+
+    @property
+    def file_error(self) -> bool:
+        return any(d.code in FILE_ERROR_CODES for d in self.diagnostics)
+
+
+def lint_file(
+    path: str | os.PathLike[str],
+    *,
+    names: Sequence[str] | None = None,
+    module_types: Mapping[str, Collection[str]] | None = None,
+) -> LintReport:
+    try:
+        policy = load(path)
+    except PolicyError as exc:
+        return LintReport(os.fspath(path), list(exc.diagnostics))
+    return _lint_policy(policy, names, module_types)
+
+
+def lint_text(
+    text: str,
+    source: str = "<string>",
+    *,
+    names: Sequence[str] | None = None,
+    module_types: Mapping[str, Collection[str]] | None = None,
+) -> LintReport:
+    try:
+        policy = parse(text, source)
+    except PolicyError as exc:
+        return LintReport(source, list(exc.diagnostics))
+    return _lint_policy(policy, names, module_types)
+
+
+def _lint_policy(
+    policy: Policy,
+    names: Sequence[str] | None,
+    module_types: Mapping[str, Collection[str]] | None,
+) -> LintReport:
+    report = LintReport(policy.source, policy=policy)
+    if names is not None:
+        found = check_names(policy, names, module_types)
+        report.diagnostics.extend(sorted(found, key=lambda d: (d.line or 0, d.column or 0)))
+    return report
+
+
+def _diag(policy: Policy, code: str, message: str, node, severity: str = "warning") -> Diagnostic:
+    span = node.span
+    lines = policy.text.split("\n")
+    source = lines[span.line - 1] if 0 < span.line <= len(lines) else None
+    end = span.end_column if span.end_line == span.line else None
+    return Diagnostic(code, message, policy.source, span.line, span.column, end, source, severity)
+
+
+def check_names(
+    policy: Policy,
+    names: Sequence[str],
+    module_types: Mapping[str, Collection[str]] | None = None,
+) -> list[Diagnostic]:
+    """The checks that need parameter names: selectors that match nothing, and statements that
+    never decide anything because later statements always override them."""
+    out: list[Diagnostic] = []
+    names = list(names)
+    silent: set[int] = set()  # statements with a selector we cannot evaluate or that is empty
+    for rule in policy.rules:
+        st = rule.statement
+        for sel in (*st.selection.include, *st.selection.exclude):
+            if isinstance(sel, TypePattern) and module_types is None:
+                out.append(
+                    _diag(
+                        policy,
+                        "FP203",
+                        f"`{sel}` selects by module type, which needs a model; "
+                        "check it with `--model`",
+                        sel,
+                        severity="note",
+                    )
+                )
+                silent.add(rule.index)
+                continue
+            if not selector_matches(sel, names, module_types):
+                out.append(_diag(policy, "FP201", _nothing_message(sel, st, names), sel))
+                if sel in st.selection.include:
+                    silent.add(rule.index)
+    bound = policy.bind(names, module_types)
+    effective = bound.effective_rules()
+    for rule in policy.rules:
+        if rule.index in effective or rule.index in silent:
+            continue
+        if not bound.selected(rule):
+            continue  # already reported: its selectors match nothing (or all are excepted)
+        st = rule.statement
+        blocked = _blocked_by_lr_zero(bound, rule)
+        if blocked is not None:
+            out.append(
+                _diag(
+                    policy,
+                    "FP204",
+                    f"`{_head(st)}` never takes effect: the learning rate of what it selects is 0 "
+                    f"(line {blocked.line}), which keeps it frozen",
+                    st,
+                )
+            )
+        else:
+            out.append(
+                _diag(
+                    policy,
+                    "FP202",
+                    f"`{_head(st)}` never changes anything: later statements always override it",
+                    st,
+                )
+            )
+    return out
+
+
+def _head(st: Statement) -> str:
+    text = str(st)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _nothing_message(sel: Selector, st: Statement, names: Sequence[str]) -> str:
+    import difflib
+
+    where = "in `except`" if sel in st.selection.exclude else ""
+    msg = f"selector `{sel}` {where + ' ' if where else ''}matches no parameter"
+    if isinstance(sel, TypePattern):
+        return msg
+    # Suggest the closest module path: most mistakes are a misspelled or misnumbered part.
+    candidates = sorted({n.rsplit(".", 1)[0] for n in names} | set(names))
+    close = difflib.get_close_matches(sel.text, candidates, n=1, cutoff=0.6)
+    return msg + (f"; did you mean `{close[0]}`?" if close else "")
+
+
+def _blocked_by_lr_zero(bound, rule) -> Statement | None:
+    """For an `unfreeze` that never takes effect, the `lr 0` statement that blocks it, if any."""
+    if rule.statement.action != "unfreeze":
+        return None
+    for epoch, step in bound.moments():
+        if rule not in bound.order(epoch, step):
+            continue
+        decisions = bound.resolve(epoch=epoch, step=step)
+        for i in bound.selected(rule):
+            d = decisions[bound.names[i]]
+            if d.lr is not None and d.lr.is_zero and d.lr_by is not None:
+                return d.lr_by
+    return None

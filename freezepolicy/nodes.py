@@ -1,0 +1,126 @@
+"""The policy AST: frozen dataclasses, each node with its source span.
+
+Spans are excluded from equality, so two parses of texts that differ only in layout (spacing,
+separators, comments) give equal ASTs. That is what makes parse -> print -> parse testable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Action = Literal["freeze", "unfreeze", "lr", "decay"]
+Clock = Literal["epoch", "step"]
+
+#: Words with a meaning in the language; a selector cannot be one of them.
+KEYWORDS: tuple[str, ...] = (
+    "freeze",
+    "unfreeze",
+    "lr",
+    "decay",
+    "for",
+    "except",
+    "at",
+    "epoch",
+    "step",
+)
+STATEMENT_KEYWORDS: tuple[str, ...] = ("freeze", "unfreeze", "lr", "decay")
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a node is in its source: 1-based line and column, end column exclusive."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+NO_SPAN = Span(0, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class NamePattern:
+    """A dotted-name pattern such as `encoder.layer.1[01]`; `anchored` for the `^` form."""
+
+    text: str
+    anchored: bool = False
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return ("^" if self.anchored else "") + self.text
+
+
+@dataclass(frozen=True)
+class TypePattern:
+    """`type:BatchNorm*`: the parameters of modules whose class name matches the glob."""
+
+    text: str
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"type:{self.text}"
+
+
+Selector = NamePattern | TypePattern
+
+
+@dataclass(frozen=True)
+class Selection:
+    include: tuple[Selector, ...]
+    exclude: tuple[Selector, ...] = ()
+
+
+@dataclass(frozen=True)
+class Value:
+    """A learning rate or weight decay: absolute (`1e-4`) or a multiplier of the base (`0.1x`)."""
+
+    number: float
+    relative: bool
+    text: str
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class When:
+    """`at epoch N` or `at step N`, 0-based."""
+
+    clock: Clock
+    at: int
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"at {self.clock} {self.at}"
+
+
+@dataclass(frozen=True)
+class Statement:
+    action: Action
+    selection: Selection
+    value: Value | None = None
+    when: When | None = None
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+    @property
+    def line(self) -> int:
+        return self.span.line
+
+    def __str__(self) -> str:
+        sel = ", ".join(str(s) for s in self.selection.include)
+        if self.selection.exclude:
+            sel += " except " + ", ".join(str(s) for s in self.selection.exclude)
+        head = self.action if self.value is None else f"{self.action} {self.value} for"
+        tail = f" {self.when}" if self.when is not None else ""
+        return f"{head} {sel}{tail}"
+
+
+@dataclass(frozen=True)
+class Comment:
+    """A `#` comment, kept so `fmt` can print a file back without losing its documentation."""
+
+    text: str
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)

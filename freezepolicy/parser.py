@@ -1,0 +1,483 @@
+"""Policy text -> AST, collecting every error in the file with a message a user can act on."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lark import Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from .errors import Diagnostic, PolicySourceError, PolicySyntaxError
+from .grammar import build_parser
+from .nodes import (
+    KEYWORDS,
+    STATEMENT_KEYWORDS,
+    Comment,
+    NamePattern,
+    Selection,
+    Span,
+    Statement,
+    TypePattern,
+    Value,
+    When,
+)
+from .patterns import PatternError, compile_name_pattern, compile_type_pattern
+
+#: Report at most this many problems per file; one more line says the rest were not shown.
+MAX_ERRORS = 20
+
+# What each terminal means, in words a user knows. Keys are lark's terminal names.
+_EXPECTED_WORDS: dict[str, str] = {
+    "PATTERN": "a selector such as `layer1` or `*`",
+    "TYPE_PATTERN": "a selector such as `layer1` or `*`",
+    "NUMBER": "a number",
+    "CLOCK": "`epoch` or `step`",
+    "COMMA": "`,`",
+    "_EXCEPT": "`except`",
+    "AT": "`at`",
+    "FOR": "`for`",
+    "FREEZE": "a statement (`freeze`, `unfreeze`, `lr` or `decay`)",
+    "UNFREEZE": "a statement (`freeze`, `unfreeze`, `lr` or `decay`)",
+    "LR": "a statement (`freeze`, `unfreeze`, `lr` or `decay`)",
+    "DECAY": "a statement (`freeze`, `unfreeze`, `lr` or `decay`)",
+    "_SEP": "the end of the statement",
+    "$END": "the end of the statement",
+}
+_KEYWORD_OF_TERMINAL = {
+    "_EXCEPT": "except",
+    "AT": "at",
+    "FOR": "for",
+    "CLOCK": "epoch",
+    "FREEZE": "freeze",
+    "UNFREEZE": "unfreeze",
+    "LR": "lr",
+    "DECAY": "decay",
+}
+_SELECTOR_TERMINALS = {"PATTERN", "TYPE_PATTERN"}
+_WORD = re.compile(r"[^\s,;#]+|[,;]")
+_TIME_NUMBER = re.compile(r"\d+")
+
+
+def decode_source(data: bytes, path: str) -> str:
+    """Bytes of a policy file -> text, or a `PolicySourceError` saying where the file is not text."""
+    nul = data.find(b"\x00")
+    if nul != -1:
+        line, col = _line_col_of_byte(data, nul)
+        raise PolicySourceError(
+            Diagnostic(
+                "FP002",
+                "this is not a policy file: it contains NUL bytes (is it binary?)",
+                path,
+                line,
+                col,
+            )
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line, col = _line_col_of_byte(data, exc.start)
+        raise PolicySourceError(
+            Diagnostic(
+                "FP003",
+                f"invalid UTF-8 (byte 0x{data[exc.start]:02x}); save the policy as UTF-8 text",
+                path,
+                line,
+                col,
+            )
+        ) from None
+
+
+def _line_col_of_byte(data: bytes, offset: int) -> tuple[int, int]:
+    line = data.count(b"\n", 0, offset) + 1
+    start = data.rfind(b"\n", 0, offset) + 1
+    # Columns count characters, so decode what precedes the byte on its line leniently.
+    return line, len(data[start:offset].decode("utf-8", "replace")) + 1
+
+
+def normalize_text(text: str) -> str:
+    """Drop a byte-order mark and turn CRLF / CR line endings into LF (columns are unchanged)."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def parse_text(text: str, path: str = "<string>") -> tuple[tuple[Statement, ...], tuple[Comment, ...]]:
+    """Parse normalized policy text into statements and comments.
+
+    Raises `PolicySyntaxError` holding every problem found (up to `MAX_ERRORS`).
+    """
+    lines = text.split("\n")
+    nul = text.find("\x00")
+    if nul != -1:
+        line = text.count("\n", 0, nul) + 1
+        col = nul - (text.rfind("\n", 0, nul) + 1) + 1
+        raise PolicySourceError(
+            Diagnostic(
+                "FP002",
+                "this is not a policy: it contains NUL characters",
+                path,
+                line,
+                col,
+                source_line=lines[line - 1],
+            )
+        )
+    diagnostics: list[Diagnostic] = []
+    statements: list[Statement] = []
+    start = 0
+    while start < len(text) and len(diagnostics) < MAX_ERRORS:
+        try:
+            statements.extend(_parse_chunk(text, start, len(text), path, lines, diagnostics))
+            break
+        except UnexpectedInput as exc:
+            pos = _error_position(exc, text, start)
+            diagnostics.append(_syntax_diagnostic(exc, text, pos, path, lines))
+            # Statements never span lines, so the broken one starts after the last separator
+            # before the error. Everything before it parsed; check it for semantic errors too.
+            stmt_start = max(text.rfind(";", start, pos), text.rfind("\n", start, pos)) + 1
+            if stmt_start > start:
+                try:
+                    statements.extend(
+                        _parse_chunk(text, start, stmt_start, path, lines, diagnostics)
+                    )
+                except UnexpectedInput:  # pragma: no cover - the prefix parsed a moment ago
+                    pass
+            start = _next_statement(text, pos)
+    if diagnostics:
+        if len(diagnostics) >= MAX_ERRORS:
+            diagnostics = diagnostics[:MAX_ERRORS]
+            last = diagnostics[-1]
+            diagnostics.append(
+                Diagnostic(
+                    "FP109",
+                    f"too many errors; stopped after {MAX_ERRORS}",
+                    path,
+                    last.line,
+                    None,
+                )
+            )
+        raise PolicySyntaxError(diagnostics)
+    comments = tuple(
+        Comment(m.group(), _span_of(text, m.start(), m.end())) for m in re.finditer(r"#[^\n]*", text)
+    )
+    return tuple(statements), comments
+
+
+def _parse_chunk(
+    text: str, start: int, end: int, path: str, lines: list[str], diagnostics: list[Diagnostic]
+) -> list[Statement]:
+    # Pad the chunk so lark reports positions of the whole file: newlines for the lines before
+    # it, spaces for the columns before it on its first line (both are ignored by the grammar).
+    line = text.count("\n", 0, start)
+    col = start - (text.rfind("\n", 0, start) + 1)
+    pad = "\n" * line + " " * col
+    try:
+            built: list[_Built] = build_parser(transformer=_BUILDER).parse(pad + text[start:end])
+    except UnexpectedInput as exc:
+        exc.fp_shift = start - len(pad)  # type: ignore[attr-defined]  # padded -> text offsets
+        raise
+    statements = []
+    for b in built:
+        statements.append(b.statement)
+        for p in b.problems:
+            source = lines[p.line - 1] if 0 < p.line <= len(lines) else None
+            diagnostics.append(
+                Diagnostic(p.code, p.message, path, p.line, p.column, p.end_column, source)
+            )
+    return statements
+
+
+def _error_position(exc: UnexpectedInput, text: str, chunk_start: int) -> int:
+    """Offset in `text` of the error (lark's offsets are into the padded chunk)."""
+    if isinstance(exc, UnexpectedToken) and exc.token.type == "$END":
+        return len(text)
+    pos = getattr(exc, "pos_in_stream", None)
+    if pos is None and isinstance(exc, UnexpectedToken):
+        pos = exc.token.start_pos
+    if pos is None:
+        return chunk_start
+    return max(chunk_start, min(len(text), pos + getattr(exc, "fp_shift", 0)))
+
+
+def _next_statement(text: str, pos: int) -> int:
+    """Offset just after the separator that ends the statement containing `pos`."""
+    i = pos
+    while i < len(text):
+        c = text[i]
+        if c == "#":
+            nl = text.find("\n", i)
+            return len(text) if nl == -1 else nl + 1
+        if c in ";\n":
+            return i + 1
+        i += 1
+    return len(text)
+
+
+def _span_of(text: str, start: int, end: int) -> Span:
+    line = text.count("\n", 0, start) + 1
+    col = start - (text.rfind("\n", 0, start) + 1) + 1
+    return Span(line, col, line, col + (end - start))
+
+
+def _previous_word(text: str, pos: int) -> str | None:
+    """The word just before `pos` in the same statement, lower-cased, or None at its start."""
+    stmt_start = max(text.rfind(";", 0, pos), text.rfind("\n", 0, pos)) + 1
+    words = _WORD.findall(text[stmt_start:pos])
+    return words[-1] if words else None
+
+
+def _words(terminals: Iterable[str]) -> str:
+    seen: list[str] = []
+    for t in sorted(terminals, key=_term_order):
+        w = _EXPECTED_WORDS.get(t)
+        if w and w not in seen:
+            seen.append(w)
+    if not seen:
+        return "something else"
+    return seen[0] if len(seen) == 1 else ", ".join(seen[:-1]) + " or " + seen[-1]
+
+
+def _term_order(t: str) -> tuple[int, str]:
+    order = ["PATTERN", "TYPE_PATTERN", "NUMBER", "CLOCK", "COMMA", "_EXCEPT", "FOR", "AT"]
+    return (order.index(t) if t in order else len(order), t)
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word.lower(), list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean `{match[0]}`?" if match else ""
+
+
+def _syntax_diagnostic(
+    exc: UnexpectedInput, text: str, pos: int, path: str, lines: list[str]
+) -> Diagnostic:
+    if isinstance(exc, UnexpectedToken):
+        expected = set(exc.expected)
+        found_type = exc.token.type
+    else:
+        assert isinstance(exc, UnexpectedCharacters)
+        expected = set(exc.allowed or ())
+        found_type = None
+    at_end = pos >= len(text) or text[pos] in "\n;" or found_type in ("$END", "_SEP")
+    match = None if at_end else _WORD.match(text, pos)
+    found = match.group() if match else ""
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    end_col = col + max(1, len(found))
+    source_line = lines[line - 1] if line - 1 < len(lines) else ""
+    shown = f"`{found}`" if found else "the end of the statement"
+    prev = _previous_word(text, pos)
+
+    def diag(code: str, message: str) -> Diagnostic:
+        return Diagnostic(code, message, path, line, col, end_col, source_line)
+
+    if expected & {"FREEZE", "UNFREEZE", "LR", "DECAY"}:
+        if found and found not in (",",):
+            return diag(
+                "FP101",
+                f"unknown statement {shown}{_suggest(found, STATEMENT_KEYWORDS)}"
+                f" (a statement starts with `freeze`, `unfreeze`, `lr` or `decay`)",
+            )
+    if expected and expected <= _SELECTOR_TERMINALS:
+        if prev and prev.lower() == "except":
+            return diag("FP102", f"expected a selector after `except`, found {shown}")
+        return diag("FP102", f"expected a selector such as `layer1` or `*` after `{prev}`, found {shown}")
+    if expected == {"NUMBER"}:
+        if prev in ("epoch", "step"):
+            return diag(
+                "FP104",
+                f"expected a whole number after `at {prev}`, as in `at {prev} 3`, found {shown}",
+            )
+        what = "learning rate" if prev == "lr" else "weight decay"
+        return diag(
+            "FP106",
+            f"expected a {what} such as `1e-4`, `0` or `0.1x` after `{prev}`, found {shown}",
+        )
+    if expected == {"CLOCK"}:
+        hint = _suggest(found, ("epoch", "step")) if found else ""
+        return diag(
+            "FP101" if hint else "FP103",
+            f"expected `epoch` or `step` after `at`, found {shown}{hint}",
+        )
+    if expected == {"FOR"}:
+        suggestion = _suggest(found, ("for",)) if found else ""
+        return diag(
+            "FP103",
+            f"expected `for` after the number, as in `{prev and 'lr'} 1e-4 for fc`, found {shown}"
+            f"{suggestion}",
+        )
+    if found and prev and prev.lower() in ("at", "except") and found_type != "COMMA":
+        # `freeze at epoch 3`: the keyword was read as a selector, so the selector is missing.
+        return diag("FP102", f"expected a selector before `{prev}`")
+    keywords = [k for t, k in _KEYWORD_OF_TERMINAL.items() if t in expected]
+    if found and found not in (",", ";") and keywords:
+        hint = _suggest(found, keywords)
+        if hint:
+            return diag("FP101", f"unknown word {shown}{hint}")
+    hint = ""
+    if "COMMA" in expected and found and found_type in (None, "PATTERN", "TYPE_PATTERN"):
+        hint = " (separate selectors with `,`)"
+    return diag("FP103", f"unexpected {shown}; expected {_words(expected)}{hint}")
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """A semantic problem found while building the AST; made into a Diagnostic by the caller."""
+
+    code: str
+    message: str
+    line: int
+    column: int
+    end_column: int
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A statement and the problems found in it (the builder itself keeps no state)."""
+
+    statement: Statement
+    problems: tuple[_Problem, ...]
+
+
+def _token_span(tok: Token) -> Span:
+    return Span(tok.line or 0, tok.column or 0, tok.end_line or 0, tok.end_column or 0)
+
+
+class _AstBuilder(Transformer):
+    """Lark callbacks -> AST nodes, run inline by the LALR parser (no parse tree is built).
+
+    It is stateless, so the one cached parser serves every call: problems travel inside the
+    returned nodes and are collected by `parse_text`.
+    """
+
+    def start(self, children: list) -> list[_Built]:
+        return children
+
+    def freeze(self, children: list) -> _Built:
+        return self._statement(children)
+
+    unfreeze = lr = decay = freeze
+
+    def _statement(self, children: list) -> _Built:
+        action: Token = children[0]
+        problems: list[_Problem] = []
+        value = None
+        when = None
+        selection = None
+        for child in children[1:]:
+            if isinstance(child, Token):  # the NUMBER of `lr` / `decay`
+                value = self._value(child, str(action), problems)
+            elif isinstance(child, tuple):  # (When, problems)
+                when, bad = child
+                problems.extend(bad)
+            else:
+                selection, bad = child.selection, child.problems
+                problems.extend(bad)
+        assert selection is not None
+        last = when.span if when else (selection.exclude or selection.include)[-1].span
+        span = Span(action.line or 0, action.column or 0, last.end_line, last.end_column)
+        st = Statement(str(action), selection, value, when, span)  # type: ignore[arg-type]
+        return _Built(st, tuple(problems))
+
+    @staticmethod
+    def _value(tok: Token, action: str, problems: list[_Problem]) -> Value:
+        text = str(tok)
+        relative = text.endswith("x")
+        what = "learning rate" if action == "lr" else "weight decay"
+        number = float(text[:-1] if relative else text)
+        span = _token_span(tok)
+        if number < 0:
+            problems.append(
+                _Problem(
+                    "FP107",
+                    f"a {what} cannot be negative, got `{text}`",
+                    span.line,
+                    span.column,
+                    span.end_column,
+                )
+            )
+        elif number == float("inf"):
+            problems.append(
+                _Problem("FP106", f"{what} `{text}` is too large", span.line, span.column, span.end_column)
+            )
+        return Value(number, relative, text, span)
+
+    def selection(self, children: list) -> _SelectionResult:
+        include, bad_in = children[0]
+        exclude, bad_ex = children[1] if len(children) > 1 else ((), ())
+        return _SelectionResult(Selection(include, exclude), bad_in + bad_ex)
+
+    def selectors(self, children: list) -> tuple[tuple, tuple[_Problem, ...]]:
+        selectors = tuple(sel for sel, _ in children)
+        problems = tuple(p for _, bad in children for p in bad)
+        return selectors, problems
+
+    def selector(self, children: list):
+        tok: Token = children[0]
+        span = _token_span(tok)
+        text = str(tok)
+        if tok.type == "TYPE_PATTERN":
+            body = text[len("type:") :]
+            try:
+                compile_type_pattern(body)
+            except PatternError as exc:
+                return TypePattern(body, span), (_pattern_problem(exc, span, len("type:")),)
+            return TypePattern(body, span), ()
+        anchored = text.startswith("^")
+        body = text[1:] if anchored else text
+        node = NamePattern(body, anchored, span)
+        if body.lower() in KEYWORDS:
+            return node, (
+                _Problem(
+                    "FP108",
+                    f"`{body}` is a keyword, not a selector; is a selector missing before it?",
+                    span.line,
+                    span.column,
+                    span.end_column,
+                ),
+            )
+        try:
+            compile_name_pattern(body, anchored)
+        except PatternError as exc:
+            return node, (_pattern_problem(exc, span, 1 if anchored else 0),)
+        return node, ()
+
+    def when(self, children: list) -> tuple[When, tuple[_Problem, ...]]:
+        clock_tok, number = children
+        clock = str(clock_tok)
+        text = str(number)
+        span = _token_span(number)
+        problems: tuple[_Problem, ...] = ()
+        at = 0
+        if _TIME_NUMBER.fullmatch(text):
+            at = int(text)
+        else:
+            if text.startswith("-"):
+                problem = "cannot be negative (epochs and steps count from 0)"
+            else:
+                problem = "must be a whole number"
+            problems = (
+                _Problem(
+                    "FP105", f"{clock} {problem}, got `{text}`", span.line, span.column, span.end_column
+                ),
+            )
+        # The span runs from the clock word (the `at` before it is not kept by the parser).
+        when_span = Span(clock_tok.line or 0, clock_tok.column or 0, span.end_line, span.end_column)
+        return When(clock, at, when_span), problems  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _SelectionResult:
+    selection: Selection
+    problems: tuple[_Problem, ...]
+
+
+def _pattern_problem(exc: PatternError, span: Span, shift: int) -> _Problem:
+    col = span.column + shift + exc.offset
+    return _Problem(exc.code, exc.message, span.line, col, col + exc.length)
+
+
+_BUILDER = _AstBuilder()
