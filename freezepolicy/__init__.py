@@ -6,8 +6,6 @@ on first use.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .api import load, parse
 from .errors import (
     Diagnostic,

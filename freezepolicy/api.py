@@ -27,7 +27,9 @@ def load(path: str | os.PathLike[str]) -> Policy:
     except FileNotFoundError:
         raise PolicySourceError(Diagnostic("FP001", "no such policy file", name)) from None
     except IsADirectoryError:
-        raise PolicySourceError(Diagnostic("FP001", "is a directory, not a policy file", name)) from None
+        raise PolicySourceError(
+            Diagnostic("FP001", "is a directory, not a policy file", name)
+        ) from None
     except OSError as exc:
         raise PolicySourceError(
             Diagnostic("FP001", f"cannot read policy file: {exc.strerror}", name)

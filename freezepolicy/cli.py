@@ -1,4 +1,4 @@
-"""The `freezepolicy` command: reads arguments, calls the library, formats results, picks an exit code.
+"""The `freezepolicy` command: reads arguments, calls the library, formats, picks an exit code.
 
 Exit codes: 0 clean, 1 problems found (lint) or files not canonical (`fmt --check`), 2 usage or
 file errors. Nothing here prints a Python traceback for bad input; set FREEZEPOLICY_DEBUG=1 to

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -32,7 +32,7 @@ def grammar_text() -> str:
     return grammar_path().read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=None)
+@cache
 def build_parser(strict: bool = False, transformer: Transformer | None = None) -> Lark:
     """The cached LALR parser. `strict=True` (used by a test) makes grammar conflicts fatal.
 

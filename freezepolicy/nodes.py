@@ -9,22 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Action = Literal["freeze", "unfreeze", "lr", "decay"]
+Action = Literal["freeze", "unfreeze", "lr", "decay", "stats"]
 Clock = Literal["epoch", "step"]
 
 #: Words with a meaning in the language; a selector cannot be one of them.
-KEYWORDS: tuple[str, ...] = (
-    "freeze",
-    "unfreeze",
-    "lr",
-    "decay",
-    "for",
-    "except",
-    "at",
-    "epoch",
-    "step",
-)
-STATEMENT_KEYWORDS: tuple[str, ...] = ("freeze", "unfreeze", "lr", "decay")
+#: Words that can follow a selector; a selector spelled like one is almost always a selector
+#: left out (`freeze except fc`), so it is an error. Other keywords may name modules.
+FOLLOW_KEYWORDS: tuple[str, ...] = ("except", "at", "for")
+STATEMENT_KEYWORDS: tuple[str, ...] = ("freeze", "unfreeze", "lr", "decay", "stats")
+StatsMode = Literal["update", "freeze"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +97,8 @@ class Statement:
     value: Value | None = None
     when: When | None = None
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    #: For `stats`: "update" or "freeze".
+    mode: StatsMode | None = None
 
     @property
     def line(self) -> int:
@@ -113,7 +108,12 @@ class Statement:
         sel = ", ".join(str(s) for s in self.selection.include)
         if self.selection.exclude:
             sel += " except " + ", ".join(str(s) for s in self.selection.exclude)
-        head = self.action if self.value is None else f"{self.action} {self.value} for"
+        if self.mode is not None:
+            head = f"{self.action} {self.mode} for"
+        elif self.value is not None:
+            head = f"{self.action} {self.value} for"
+        else:
+            head = self.action
         tail = f" {self.when}" if self.when is not None else ""
         return f"{head} {sel}{tail}"
 

@@ -13,7 +13,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from .errors import Diagnostic, PolicySourceError, PolicySyntaxError
 from .grammar import build_parser
 from .nodes import (
-    KEYWORDS,
+    FOLLOW_KEYWORDS,
     STATEMENT_KEYWORDS,
     Comment,
     NamePattern,
@@ -39,10 +39,12 @@ _EXPECTED_WORDS: dict[str, str] = {
     "_EXCEPT": "`except`",
     "AT": "`at`",
     "FOR": "`for`",
-    "FREEZE": "a statement (`freeze`, `unfreeze`, `lr` or `decay`)",
-    "UNFREEZE": "a statement (`freeze`, `unfreeze`, `lr` or `decay`)",
-    "LR": "a statement (`freeze`, `unfreeze`, `lr` or `decay`)",
-    "DECAY": "a statement (`freeze`, `unfreeze`, `lr` or `decay`)",
+    "FREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
+    "UNFREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
+    "LR": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
+    "DECAY": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
+    "STATS": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
+    "STATS_MODE": "`update` or `freeze`",
     "_SEP": "the end of the statement",
     "$END": "the end of the statement",
 }
@@ -55,6 +57,7 @@ _KEYWORD_OF_TERMINAL = {
     "UNFREEZE": "unfreeze",
     "LR": "lr",
     "DECAY": "decay",
+    "STATS": "stats",
 }
 _SELECTOR_TERMINALS = {"PATTERN", "TYPE_PATTERN"}
 _WORD = re.compile(r"[^\s,;#]+|[,;]")
@@ -62,7 +65,7 @@ _TIME_NUMBER = re.compile(r"\d+")
 
 
 def decode_source(data: bytes, path: str) -> str:
-    """Bytes of a policy file -> text, or a `PolicySourceError` saying where the file is not text."""
+    """Bytes of a policy file -> text, or a `PolicySourceError` saying where it is not text."""
     nul = data.find(b"\x00")
     if nul != -1:
         line, col = _line_col_of_byte(data, nul)
@@ -106,7 +109,9 @@ def normalize_text(text: str) -> str:
     return text
 
 
-def parse_text(text: str, path: str = "<string>") -> tuple[tuple[Statement, ...], tuple[Comment, ...]]:
+def parse_text(
+    text: str, path: str = "<string>"
+) -> tuple[tuple[Statement, ...], tuple[Comment, ...]]:
     """Parse normalized policy text into statements and comments.
 
     Raises `PolicySyntaxError` holding every problem found (up to `MAX_ERRORS`).
@@ -162,7 +167,8 @@ def parse_text(text: str, path: str = "<string>") -> tuple[tuple[Statement, ...]
             )
         raise PolicySyntaxError(diagnostics)
     comments = tuple(
-        Comment(m.group(), _span_of(text, m.start(), m.end())) for m in re.finditer(r"#[^\n]*", text)
+        Comment(m.group(), _span_of(text, m.start(), m.end()))
+        for m in re.finditer(r"#[^\n]*", text)
     )
     return tuple(statements), comments
 
@@ -176,7 +182,7 @@ def _parse_chunk(
     col = start - (text.rfind("\n", 0, start) + 1)
     pad = "\n" * line + " " * col
     try:
-            built: list[_Built] = build_parser(transformer=_BUILDER).parse(pad + text[start:end])
+        built: list[_Built] = build_parser(transformer=_BUILDER).parse(pad + text[start:end])
     except UnexpectedInput as exc:
         exc.fp_shift = start - len(pad)  # type: ignore[attr-defined]  # padded -> text offsets
         raise
@@ -274,17 +280,19 @@ def _syntax_diagnostic(
     def diag(code: str, message: str) -> Diagnostic:
         return Diagnostic(code, message, path, line, col, end_col, source_line)
 
-    if expected & {"FREEZE", "UNFREEZE", "LR", "DECAY"}:
+    if expected & {"FREEZE", "UNFREEZE", "LR", "DECAY", "STATS"}:
         if found and found not in (",",):
             return diag(
                 "FP101",
                 f"unknown statement {shown}{_suggest(found, STATEMENT_KEYWORDS)}"
-                f" (a statement starts with `freeze`, `unfreeze`, `lr` or `decay`)",
+                f" (a statement starts with `freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
             )
     if expected and expected <= _SELECTOR_TERMINALS:
         if prev and prev.lower() == "except":
             return diag("FP102", f"expected a selector after `except`, found {shown}")
-        return diag("FP102", f"expected a selector such as `layer1` or `*` after `{prev}`, found {shown}")
+        return diag(
+            "FP102", f"expected a selector such as `layer1` or `*` after `{prev}`, found {shown}"
+        )
     if expected == {"NUMBER"}:
         if prev in ("epoch", "step"):
             return diag(
@@ -302,12 +310,18 @@ def _syntax_diagnostic(
             "FP101" if hint else "FP103",
             f"expected `epoch` or `step` after `at`, found {shown}{hint}",
         )
+    if expected == {"STATS_MODE"}:
+        hint = _suggest(found, ("update", "freeze")) if found else ""
+        return diag(
+            "FP101" if hint else "FP103",
+            f"expected `update` or `freeze` after `stats`, as in `stats update for bn1`,"
+            f" found {shown}{hint}",
+        )
     if expected == {"FOR"}:
         suggestion = _suggest(found, ("for",)) if found else ""
         return diag(
             "FP103",
-            f"expected `for` after the number, as in `{prev and 'lr'} 1e-4 for fc`, found {shown}"
-            f"{suggestion}",
+            f"expected `for` after `{prev}`, as in `lr 1e-4 for fc`, found {shown}{suggestion}",
         )
     if found and prev and prev.lower() in ("at", "except") and found_type != "COMMA":
         # `freeze at epoch 3`: the keyword was read as a selector, so the selector is missing.
@@ -359,17 +373,20 @@ class _AstBuilder(Transformer):
     def freeze(self, children: list) -> _Built:
         return self._statement(children)
 
-    unfreeze = lr = decay = freeze
+    unfreeze = lr = decay = stats = freeze
 
     def _statement(self, children: list) -> _Built:
         action: Token = children[0]
         problems: list[_Problem] = []
         value = None
+        mode = None
         when = None
         selection = None
         for child in children[1:]:
-            if isinstance(child, Token):  # the NUMBER of `lr` / `decay`
+            if isinstance(child, Token) and child.type == "NUMBER":  # of `lr` / `decay`
                 value = self._value(child, str(action), problems)
+            elif isinstance(child, Token):  # the `update` / `freeze` of `stats`
+                mode = str(child)
             elif isinstance(child, tuple):  # (When, problems)
                 when, bad = child
                 problems.extend(bad)
@@ -379,7 +396,7 @@ class _AstBuilder(Transformer):
         assert selection is not None
         last = when.span if when else (selection.exclude or selection.include)[-1].span
         span = Span(action.line or 0, action.column or 0, last.end_line, last.end_column)
-        st = Statement(str(action), selection, value, when, span)  # type: ignore[arg-type]
+        st = Statement(str(action), selection, value, when, span, mode)  # type: ignore[arg-type]
         return _Built(st, tuple(problems))
 
     @staticmethod
@@ -401,7 +418,13 @@ class _AstBuilder(Transformer):
             )
         elif number == float("inf"):
             problems.append(
-                _Problem("FP106", f"{what} `{text}` is too large", span.line, span.column, span.end_column)
+                _Problem(
+                    "FP106",
+                    f"{what} `{text}` is too large",
+                    span.line,
+                    span.column,
+                    span.end_column,
+                )
             )
         return Value(number, relative, text, span)
 
@@ -429,7 +452,7 @@ class _AstBuilder(Transformer):
         anchored = text.startswith("^")
         body = text[1:] if anchored else text
         node = NamePattern(body, anchored, span)
-        if body.lower() in KEYWORDS:
+        if body in FOLLOW_KEYWORDS:
             return node, (
                 _Problem(
                     "FP108",
@@ -461,7 +484,11 @@ class _AstBuilder(Transformer):
                 problem = "must be a whole number"
             problems = (
                 _Problem(
-                    "FP105", f"{clock} {problem}, got `{text}`", span.line, span.column, span.end_column
+                    "FP105",
+                    f"{clock} {problem}, got `{text}`",
+                    span.line,
+                    span.column,
+                    span.end_column,
                 ),
             )
         # The span runs from the clock word (the `at` before it is not kept by the parser).

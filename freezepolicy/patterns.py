@@ -40,7 +40,7 @@ class PatternError(Exception):
 
 
 def range_regex(lo: int, hi: int) -> str:
-    """A regex matching the decimal numbers lo..hi (no leading zeros), e.g. 8..11 -> `(?:[89]|1[01])`."""
+    """A regex for the decimal numbers lo..hi (no leading zeros): 8..11 -> `(?:[89]|1[01])`."""
     alternatives: list[str] = []
     for digits in range(len(str(lo)), len(str(hi)) + 1):
         a = max(lo, 10 ** (digits - 1) if digits > 1 else 0)
@@ -264,7 +264,9 @@ def name_pattern_regex(text: str) -> str:
     for part, offset in _split_parts(text):
         if part == "":
             raise PatternError(
-                "FP124", "empty part: a selector cannot start, end or have `..` between names", offset
+                "FP124",
+                "empty part: a selector cannot start, end or have `..` between names",
+                offset,
             )
         if part == "**":
             pending_any = True

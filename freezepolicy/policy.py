@@ -42,6 +42,8 @@ class Decision:
 
     `trainable` is None when no statement selects the parameter: it is left as the model had it.
     `lr` and `weight_decay` are None when no statement sets them (the optimizer's own apply).
+    `stats` is True / False when a `stats update` / `stats freeze` statement decides whether
+    running statistics of normalization layers update, None to follow `trainable`.
     `*_by` name the statement that decided each setting; `statement` is the one to show first.
     """
 
@@ -52,6 +54,8 @@ class Decision:
     trainable_by: Statement | None = None
     lr_by: Statement | None = None
     decay_by: Statement | None = None
+    stats: bool | None = None
+    stats_by: Statement | None = None
 
     @property
     def statement(self) -> Statement | None:
@@ -103,6 +107,8 @@ class Rule:
             return ("trainable",)
         if action == "lr":
             return ("lr",)
+        if action == "stats":
+            return ("stats",)
         return ("decay",)
 
     def active(self, epoch: int, step: int) -> bool:
@@ -268,6 +274,7 @@ class BoundPolicy:
             "trainable": [None] * n,
             "lr": [None] * n,
             "decay": [None] * n,
+            "stats": [None] * n,
         }
         for rule in order:
             hit = self.selected(rule)
@@ -293,6 +300,7 @@ class BoundPolicy:
                 t_by = t_rule
             else:
                 trainable, t_by = None, None
+            s_rule = deciders["stats"][i]
             out[name] = Decision(
                 name,
                 trainable,
@@ -301,13 +309,19 @@ class BoundPolicy:
                 t_by.statement if t_by else None,
                 lr_rule.statement if lr_rule else None,
                 wd_rule.statement if wd_rule else None,
+                s_rule.statement.mode == "update" if s_rule else None,
+                s_rule.statement if s_rule else None,
             )
         return out
 
     def moments(self) -> list[tuple[int, int]]:
         """Moments (epoch, step) that together see every reachable set of active statements."""
-        epochs = sorted({0} | {s.when.at for s in self.policy.statements if s.when and s.when.clock == "epoch"})
-        steps = sorted({0} | {s.when.at for s in self.policy.statements if s.when and s.when.clock == "step"})
+        epochs = sorted(
+            {0} | {s.when.at for s in self.policy.statements if s.when and s.when.clock == "epoch"}
+        )
+        steps = sorted(
+            {0} | {s.when.at for s in self.policy.statements if s.when and s.when.clock == "step"}
+        )
         moments = list(itertools.product(epochs, steps))
         if len(moments) > MAX_LINT_MOMENTS:
             # Too many combinations to try them all: each clock on its own, and both together.
@@ -321,7 +335,7 @@ class BoundPolicy:
         used: set[int] = set()
         for epoch, step in self.moments():
             for d in self.resolve(epoch=epoch, step=step).values():
-                for st in (d.trainable_by, d.lr_by, d.decay_by):
+                for st in (d.trainable_by, d.lr_by, d.decay_by, d.stats_by):
                     if st is not None:
                         used.add(self._index[id(st)])
         return used

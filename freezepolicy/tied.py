@@ -1,0 +1,94 @@
+"""Tied (shared) parameters: one tensor under several names must get one decision.
+
+A decoder weight tied to the word embeddings is a single tensor: it cannot be frozen under one
+name and trained under the other. A name no statement touches has no opinion and defers to the
+names that were decided; two names decided differently are a conflict. Pure Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from .errors import Diagnostic
+from .policy import Decision, Policy
+
+
+def _settings(d: Decision) -> tuple:
+    return (d.trainable, d.lr, d.weight_decay, d.stats)
+
+
+def _describe(d: Decision) -> str:
+    parts = []
+    if d.trainable is not None:
+        parts.append("trainable" if d.trainable else "frozen")
+    if d.lr is not None:
+        parts.append(f"lr {d.lr}")
+    if d.weight_decay is not None:
+        parts.append(f"decay {d.weight_decay}")
+    if d.stats is not None:
+        parts.append("stats " + ("update" if d.stats else "freeze"))
+    line = f" (line {d.line})" if d.line else ""
+    return (", ".join(parts) or "untouched") + line
+
+
+def merge_tied(decisions: Mapping[str, Decision], group: Sequence[str]) -> Decision | None:
+    """The one decision for a tied group, or None when its names are decided differently.
+
+    Settings are merged one by one: a setting no statement decided under some name takes the
+    value decided under another name.
+    """
+    merged: dict[str, object] = {}
+    by: dict[str, object] = {}
+    fields = (
+        ("trainable", "trainable_by"),
+        ("lr", "lr_by"),
+        ("weight_decay", "decay_by"),
+        ("stats", "stats_by"),
+    )
+    for name in group:
+        d = decisions[name]
+        for value_field, by_field in fields:
+            value = getattr(d, value_field)
+            if value is None:
+                continue
+            if value_field in merged and merged[value_field] != value:
+                return None
+            merged[value_field] = value
+            by.setdefault(by_field, getattr(d, by_field))
+    return Decision(group[0], **merged, **by)  # type: ignore[arg-type]
+
+
+def tied_conflicts(
+    policy: Policy,
+    decisions: Mapping[str, Decision],
+    tied: Sequence[Sequence[str]],
+) -> list[Diagnostic]:
+    """One FP205 diagnostic per tied group whose names the policy decides differently."""
+    out: list[Diagnostic] = []
+    lines = policy.text.split("\n")
+    for group in tied:
+        if merge_tied(decisions, group) is not None:
+            continue
+        described = "; ".join(f"`{n}`: {_describe(decisions[n])}" for n in group)
+        # Point at the latest deciding statement: that is the one that split the tensor.
+        statements = [
+            st
+            for n in group
+            for st in (decisions[n].trainable_by, decisions[n].lr_by, decisions[n].decay_by)
+            if st is not None
+        ]
+        st = max(statements, key=lambda s: (s.span.line, s.span.column)) if statements else None
+        line = st.span.line if st else None
+        out.append(
+            Diagnostic(
+                "FP205",
+                f"{' and '.join(f'`{n}`' for n in group)} are one tied tensor, but the policy "
+                f"decides them differently ({described}); select them together",
+                policy.source,
+                line,
+                st.span.column if st else None,
+                st.span.end_column if st and st.span.end_line == st.span.line else None,
+                lines[line - 1] if line and 0 < line <= len(lines) else None,
+            )
+        )
+    return out
