@@ -43,7 +43,13 @@ CODES: dict[str, str] = {
     "FP203": "type-selector-needs-model",
     "FP204": "unfreeze-blocked-by-lr-0",
     "FP205": "tied-parameter-conflict",
+    "FP206": "distributed-unsafe",
 }
+
+
+#: Longest piece of a source line shown under a message; longer lines show a window around
+#: the caret, with `...` where they were cut.
+MAX_SHOWN_COLUMNS = 120
 
 
 @dataclass(frozen=True)
@@ -74,14 +80,24 @@ class Diagnostic:
         head = f"{where}: {kind}{self.message} [{self.code}]"
         if self.source_line is None or self.line is None:
             return head
-        shown = self.source_line.rstrip("\n")
+        shown = self.source_line.rstrip("\r\n")
         col = max(1, min(self.column or 1, len(shown) + 1))
-        # Keep tabs in the caret line so the caret lines up under tab-indented source.
-        pad = "".join("\t" if ch == "\t" else " " for ch in shown[: col - 1])
         width = 1
         if self.end_column is not None and self.end_column > col:
             width = min(self.end_column, len(shown) + 1) - col
-        return f"{head}\n    {shown}\n    {pad}^{'~' * max(0, width - 1)}"
+        # A very long line (a minified or binary file) is cut to a window around the caret.
+        lo, hi = 0, len(shown)
+        if len(shown) > MAX_SHOWN_COLUMNS:
+            lo = max(0, col - 1 - MAX_SHOWN_COLUMNS // 2)
+            hi = min(len(shown), lo + MAX_SHOWN_COLUMNS)
+            lo = max(0, hi - MAX_SHOWN_COLUMNS)
+            width = min(width, hi - (col - 1)) if col - 1 < hi else 1
+        before = "..." if lo > 0 else ""
+        after = "..." if hi < len(shown) else ""
+        # Keep tabs in the caret line so the caret lines up under tab-indented source.
+        pad = " " * len(before) + "".join("\t" if ch == "\t" else " " for ch in shown[lo : col - 1])
+        text = before + shown[lo:hi] + after
+        return f"{head}\n    {text}\n    {pad}^{'~' * max(0, width - 1)}"
 
     def to_dict(self) -> dict[str, object]:
         return {

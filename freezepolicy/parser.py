@@ -61,14 +61,23 @@ _KEYWORD_OF_TERMINAL = {
 }
 _SELECTOR_TERMINALS = {"PATTERN", "TYPE_PATTERN"}
 _WORD = re.compile(r"[^\s,;#]+|[,;]")
-_TIME_NUMBER = re.compile(r"\d+")
+_TIME_NUMBER = re.compile(r"[0-9]+")  # ASCII only, as in the grammar
+#: Longest epoch or step number accepted; real training never comes close.
+MAX_TIME_DIGITS = 18
+#: Longest piece of source quoted inside a message; longer ones are cut with `...`.
+MAX_QUOTED = 40
+
+
+def _clip(text: str) -> str:
+    """`text` shortened for quoting in a message (a 1 MB token must not make a 1 MB message)."""
+    return text if len(text) <= MAX_QUOTED else text[: MAX_QUOTED - 3] + "..."
 
 
 def decode_source(data: bytes, path: str) -> str:
     """Bytes of a policy file -> text, or a `PolicySourceError` saying where it is not text."""
     nul = data.find(b"\x00")
     if nul != -1:
-        line, col = _line_col_of_byte(data, nul)
+        line, col, shown = _locate_byte(data, nul)
         raise PolicySourceError(
             Diagnostic(
                 "FP002",
@@ -76,28 +85,45 @@ def decode_source(data: bytes, path: str) -> str:
                 path,
                 line,
                 col,
+                source_line=shown,
             )
         )
+    # Strip the byte-order mark here rather than with "utf-8-sig", whose error offsets would
+    # count from after the mark.
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line, col = _line_col_of_byte(data, exc.start)
+        bad = exc.start + bom
+        line, col, shown = _locate_byte(data, bad)
         raise PolicySourceError(
             Diagnostic(
                 "FP003",
-                f"invalid UTF-8 (byte 0x{data[exc.start]:02x}); save the policy as UTF-8 text",
+                f"invalid UTF-8 (byte 0x{data[bad]:02x}); save the policy as UTF-8 text",
                 path,
                 line,
                 col,
+                source_line=shown,
             )
         ) from None
 
 
-def _line_col_of_byte(data: bytes, offset: int) -> tuple[int, int]:
+def _locate_byte(data: bytes, offset: int) -> tuple[int, int, str]:
+    """Line, column and printable text of the line holding the byte at `offset`.
+
+    Columns count characters, so the line is decoded leniently: each undecodable byte shows
+    as U+FFFD and a NUL as U+2400, one character each, which keeps the caret under the byte.
+    A byte-order mark is not part of the first line, as in `normalize_text`.
+    """
     line = data.count(b"\n", 0, offset) + 1
     start = data.rfind(b"\n", 0, offset) + 1
-    # Columns count characters, so decode what precedes the byte on its line leniently.
-    return line, len(data[start:offset].decode("utf-8", "replace")) + 1
+    if start == 0 and data.startswith(b"\xef\xbb\xbf"):
+        start = 3
+    end = data.find(b"\n", offset)
+    raw = data[start : len(data) if end == -1 else end].rstrip(b"\r")
+    col = len(data[start:offset].decode("utf-8", "replace")) + 1
+    shown = raw.decode("utf-8", "replace").replace("\x00", "\u2400")
+    return line, col, shown
 
 
 def normalize_text(text: str) -> str:
@@ -128,13 +154,14 @@ def parse_text(
                 path,
                 line,
                 col,
-                source_line=lines[line - 1],
+                source_line=lines[line - 1].replace("\x00", "\u2400"),  # NUL prints as nothing
             )
         )
     diagnostics: list[Diagnostic] = []
     statements: list[Statement] = []
     start = 0
-    while start < len(text) and len(diagnostics) < MAX_ERRORS:
+    # Look for one error past the cap, so the FP109 line appears only when some were left out.
+    while start < len(text) and len(diagnostics) <= MAX_ERRORS:
         try:
             statements.extend(_parse_chunk(text, start, len(text), path, lines, diagnostics))
             break
@@ -153,7 +180,11 @@ def parse_text(
                     pass
             start = _next_statement(text, pos)
     if diagnostics:
-        if len(diagnostics) >= MAX_ERRORS:
+        # Problems found while building a prefix that parsed are added after the syntax error
+        # that ended it; report in file order. The scan covers the file left to right, so
+        # the first MAX_ERRORS after sorting are the first MAX_ERRORS of the file.
+        diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
+        if len(diagnostics) > MAX_ERRORS:
             diagnostics = diagnostics[:MAX_ERRORS]
             last = diagnostics[-1]
             diagnostics.append(
@@ -166,11 +197,15 @@ def parse_text(
                 )
             )
         raise PolicySyntaxError(diagnostics)
-    comments = tuple(
-        Comment(m.group(), _span_of(text, m.start(), m.end()))
-        for m in re.finditer(r"#[^\n]*", text)
-    )
-    return tuple(statements), comments
+    # No token can contain `#`, so a comment starts at the first `#` of its line. Walking the
+    # lines keeps this linear (counting newlines before each comment was quadratic).
+    comments = []
+    for number, source_line in enumerate(lines, 1):
+        hash_ = source_line.find("#")
+        if hash_ != -1:
+            span = Span(number, hash_ + 1, number, len(source_line) + 1)
+            comments.append(Comment(source_line[hash_:], span))
+    return tuple(statements), tuple(comments)
 
 
 def _parse_chunk(
@@ -223,12 +258,6 @@ def _next_statement(text: str, pos: int) -> int:
     return len(text)
 
 
-def _span_of(text: str, start: int, end: int) -> Span:
-    line = text.count("\n", 0, start) + 1
-    col = start - (text.rfind("\n", 0, start) + 1) + 1
-    return Span(line, col, line, col + (end - start))
-
-
 def _previous_word(text: str, pos: int) -> str | None:
     """The word just before `pos` in the same statement, lower-cased, or None at its start."""
     stmt_start = max(text.rfind(";", 0, pos), text.rfind("\n", 0, pos)) + 1
@@ -274,8 +303,9 @@ def _syntax_diagnostic(
     col = pos - (text.rfind("\n", 0, pos) + 1) + 1
     end_col = col + max(1, len(found))
     source_line = lines[line - 1] if line - 1 < len(lines) else ""
-    shown = f"`{found}`" if found else "the end of the statement"
+    shown = f"`{_clip(found)}`" if found else "the end of the statement"
     prev = _previous_word(text, pos)
+    prev = _clip(prev) if prev is not None else None
 
     def diag(code: str, message: str) -> Diagnostic:
         return Diagnostic(code, message, path, line, col, end_col, source_line)
@@ -325,7 +355,18 @@ def _syntax_diagnostic(
         )
     if found and prev and prev.lower() in ("at", "except") and found_type != "COMMA":
         # `freeze at epoch 3`: the keyword was read as a selector, so the selector is missing.
-        return diag("FP102", f"expected a selector before `{prev}`")
+        # Point at the keyword (the selector belongs just before it), not at the word after it.
+        kw = text.rfind(prev, 0, pos)
+        kw_col = kw - (text.rfind("\n", 0, kw) + 1) + 1
+        return Diagnostic(
+            "FP102",
+            f"expected a selector such as `layer1` or `*` before `{prev}`",
+            path,
+            line,
+            kw_col,
+            kw_col + len(prev),
+            source_line,
+        )
     keywords = [k for t, k in _KEYWORD_OF_TERMINAL.items() if t in expected]
     if found and found not in (",", ";") and keywords:
         hint = _suggest(found, keywords)
@@ -410,7 +451,7 @@ class _AstBuilder(Transformer):
             problems.append(
                 _Problem(
                     "FP107",
-                    f"a {what} cannot be negative, got `{text}`",
+                    f"a {what} cannot be negative, got `{_clip(text)}`",
                     span.line,
                     span.column,
                     span.end_column,
@@ -420,7 +461,7 @@ class _AstBuilder(Transformer):
             problems.append(
                 _Problem(
                     "FP106",
-                    f"{what} `{text}` is too large",
+                    f"{what} `{_clip(text)}` is too large",
                     span.line,
                     span.column,
                     span.end_column,
@@ -475,17 +516,23 @@ class _AstBuilder(Transformer):
         span = _token_span(number)
         problems: tuple[_Problem, ...] = ()
         at = 0
-        if _TIME_NUMBER.fullmatch(text):
+        problem = None
+        if _TIME_NUMBER.fullmatch(text) and len(text) <= MAX_TIME_DIGITS:
             at = int(text)
+        elif _TIME_NUMBER.fullmatch(text):
+            # int() of a huge digit string is slow and, past 4300 digits, a ValueError.
+            problem = f"is too large (at most {MAX_TIME_DIGITS} digits)"
+        elif text.startswith("-"):
+            problem = "cannot be negative (epochs and steps count from 0)"
+        elif text.startswith("+") and _TIME_NUMBER.fullmatch(text[1:]):
+            problem = "is written without a sign"
         else:
-            if text.startswith("-"):
-                problem = "cannot be negative (epochs and steps count from 0)"
-            else:
-                problem = "must be a whole number"
+            problem = "must be a whole number"
+        if problem is not None:
             problems = (
                 _Problem(
                     "FP105",
-                    f"{clock} {problem}, got `{text}`",
+                    f"{clock} {problem}, got `{_clip(text)}`",
                     span.line,
                     span.column,
                     span.end_column,

@@ -161,8 +161,9 @@ class _Part:
                 start,
                 k - start,
             )
-        # The lookahead stops `1..3` from matching the `1` of `12` when a literal follows.
-        return range_regex(lo, hi) + "(?![0-9])", k
+        # A range matches a whole number: the lookarounds stop `1..3` from matching the `1` of
+        # `12`, and `*0..5` from matching the `0` of `x10` after the `*` took the `1`.
+        return "(?<![0-9])" + range_regex(lo, hi) + "(?![0-9])", k
 
     def _char_class(self, start: int) -> tuple[str, int]:
         text = self.text
@@ -215,7 +216,9 @@ class _Part:
         body = text[start + 1 : end]
         if not body:
             raise self.error("FP127", "empty alternatives `{}`", start, 2)
-        if "." in body:
+        # The `..` of a numeric range (`{1..3,5}`) stays within the part; any other dot would
+        # separate parts, which alternatives cannot span.
+        if "." in re.sub(r"(?<=[0-9])\.\.(?=[0-9])", "", body):
             raise self.error(
                 "FP127",
                 "`{...}` chooses within one part and cannot contain `.`;"

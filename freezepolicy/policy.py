@@ -59,7 +59,7 @@ class Decision:
 
     @property
     def statement(self) -> Statement | None:
-        return self.trainable_by or self.lr_by or self.decay_by
+        return self.trainable_by or self.lr_by or self.decay_by or self.stats_by
 
     @property
     def line(self) -> int | None:
@@ -266,7 +266,8 @@ class BoundPolicy:
         cached = self._resolved.get(key)
         if cached is None:
             cached = self._resolved[key] = self._decide(order)
-        return cached
+        # A copy: the cache must not change when a caller edits the dict it was given.
+        return dict(cached)
 
     def _decide(self, order: list[Rule]) -> dict[str, Decision]:
         n = len(self.names)

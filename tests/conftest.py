@@ -1,0 +1,38 @@
+"""Shared fixtures: parameter-name lists of real architectures, read from text files.
+
+The lists were dumped once from torchvision's resnet18 and transformers' BertModel /
+BertForSequenceClassification (bert-base config). Keeping them as text keeps these fixtures
+torch-free, so the core tests run without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def read_names(filename: str) -> list[str]:
+    """The non-empty lines of a name list in tests/, in file order."""
+    text = (HERE / filename).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def resnet18_names() -> list[str]:
+    """Parameter names of torchvision's resnet18 (62 tensors)."""
+    return read_names("resnet18_names.txt")
+
+
+@pytest.fixture(scope="session")
+def bert_names() -> list[str]:
+    """Parameter names of BertModel with the bert-base config (12 encoder blocks)."""
+    return read_names("bert_base_names.txt")
+
+
+@pytest.fixture(scope="session")
+def bert_cls_names() -> list[str]:
+    """Parameter names of BertForSequenceClassification (bert-base): `bert.` prefix + classifier."""
+    return read_names("bert_base_seqcls_names.txt")
