@@ -18,10 +18,32 @@ from .policy import BoundPolicy, Decision, Policy, Rate
 
 __version__ = "0.1.0"
 
+# Torch-facing names, imported on first use: `import freezepolicy` (and `lint`) never loads torch.
+_LAZY = {
+    "apply_policy": "freezepolicy.apply",
+    "ApplyReport": "freezepolicy.apply",
+    "param_groups": "freezepolicy.optim",
+    "FreezeScheduler": "freezepolicy.schedule",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'freezepolicy' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
 __all__ = [
+    "ApplyReport",
     "BoundPolicy",
     "Decision",
     "Diagnostic",
+    "FreezeScheduler",
     "Policy",
     "PolicyError",
     "PolicyResolveError",
@@ -29,6 +51,8 @@ __all__ = [
     "PolicySyntaxError",
     "Rate",
     "__version__",
+    "apply_policy",
     "load",
+    "param_groups",
     "parse",
 ]

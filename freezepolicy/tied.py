@@ -18,17 +18,17 @@ def _settings(d: Decision) -> tuple:
 
 
 def _describe(d: Decision) -> str:
+    # Each setting with the line that decided it: the lines that disagree may differ per setting.
     parts = []
-    if d.trainable is not None:
-        parts.append("trainable" if d.trainable else "frozen")
-    if d.lr is not None:
-        parts.append(f"lr {d.lr}")
-    if d.weight_decay is not None:
-        parts.append(f"decay {d.weight_decay}")
-    if d.stats is not None:
-        parts.append("stats " + ("update" if d.stats else "freeze"))
-    line = f" (line {d.line})" if d.line else ""
-    return (", ".join(parts) or "untouched") + line
+    for value, by, text in (
+        (d.trainable, d.trainable_by, "trainable" if d.trainable else "frozen"),
+        (d.lr, d.lr_by, f"lr {d.lr}"),
+        (d.weight_decay, d.decay_by, f"decay {d.weight_decay}"),
+        (d.stats, d.stats_by, "stats " + ("update" if d.stats else "freeze")),
+    ):
+        if value is not None:
+            parts.append(text + (f" (line {by.line})" if by is not None and by.line else ""))
+    return ", ".join(parts) or "untouched"
 
 
 def merge_tied(decisions: Mapping[str, Decision], group: Sequence[str]) -> Decision | None:
@@ -74,7 +74,12 @@ def tied_conflicts(
         statements = [
             st
             for n in group
-            for st in (decisions[n].trainable_by, decisions[n].lr_by, decisions[n].decay_by)
+            for st in (
+                decisions[n].trainable_by,
+                decisions[n].lr_by,
+                decisions[n].decay_by,
+                decisions[n].stats_by,
+            )
             if st is not None
         ]
         st = max(statements, key=lambda s: (s.span.line, s.span.column)) if statements else None
