@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .api import load, parse
 from .errors import Diagnostic, PolicyError
@@ -75,9 +76,15 @@ def _lint_policy(
     return report
 
 
+@lru_cache(maxsize=4)
+def _source_lines(text: str) -> list[str]:
+    # Split once per policy, not once per diagnostic (a 1 MB policy can have thousands).
+    return text.split("\n")
+
+
 def _diag(policy: Policy, code: str, message: str, node, severity: str = "warning") -> Diagnostic:
     span = node.span
-    lines = policy.text.split("\n")
+    lines = _source_lines(policy.text)
     source = lines[span.line - 1] if 0 < span.line <= len(lines) else None
     end = span.end_column if span.end_line == span.line else None
     return Diagnostic(code, message, policy.source, span.line, span.column, end, source, severity)
@@ -175,3 +182,93 @@ def _blocked_by_lr_zero(bound, rule) -> Statement | None:
             if d.lr is not None and d.lr.is_zero and d.lr_by is not None:
                 return d.lr_by
     return None
+
+
+# --- model-aware checks (`freezepolicy lint --model`) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelNames:
+    """What the model-aware checks need to know about one model (see `freezepolicy.modelinfo`).
+
+    Torch-free on purpose: the CLI fills it from `inspect_model`, tests can write one by hand.
+    """
+
+    label: str
+    names: Sequence[str]
+    module_types: Mapping[str, Collection[str]]
+    tied: Sequence[Sequence[str]] = ()
+
+
+def check_model(policy: Policy, model: ModelNames) -> list[Diagnostic]:
+    """The name checks with module types resolved (FP201, FP202, FP204) plus tied-parameter
+    conflicts (FP205) at every moment of the policy's schedule."""
+    out = check_names(policy, model.names, model.module_types)
+    if model.tied:
+        out.extend(_tied_conflicts_over_time(policy, model))
+    return sorted(out, key=lambda d: (d.line or 0, d.column or 0, d.code))
+
+
+def _tied_conflicts_over_time(policy: Policy, model: ModelNames) -> list[Diagnostic]:
+    from dataclasses import replace
+
+    from .tied import tied_conflicts
+
+    bound = policy.bind(model.names, model.module_types)
+    out: list[Diagnostic] = []
+    seen: set[str] = set()
+    for epoch, step in bound.moments():
+        for d in tied_conflicts(policy, bound.resolve(epoch=epoch, step=step), model.tied):
+            if d.message in seen:  # the same split, still there at a later moment
+                continue
+            seen.add(d.message)
+            # A warning in lint (docs/errors.md); `apply_policy` raises it as an error.
+            d = replace(d, severity="warning")
+            if (epoch, step) != (0, 0):
+                when = [f"epoch {epoch}"] if epoch else []
+                when += [f"step {step}"] if step else []
+                d = replace(d, message=f"{d.message} (from {', '.join(when)})")
+            out.append(d)
+    return out
+
+
+#: Codes that say a statement is useless: with several models, reported only when they hold
+#: for every model, since a policy shared by two models may select some names in one only.
+_NEVER_EFFECTIVE = {"FP202": "never", "FP204": "never"}
+
+
+def check_models(policy: Policy, models: Sequence[ModelNames]) -> list[Diagnostic]:
+    """`check_model` over several models that share one policy.
+
+    A selector that matches nothing, or a statement that never takes effect, is reported only
+    when that is so in every model (with the first model's message). A tied-parameter conflict
+    is reported for each model where it happens: applying the policy to that model would fail.
+    """
+    from dataclasses import replace
+
+    if len(models) == 1:
+        return check_model(policy, models[0])
+    per_model = [check_model(policy, m) for m in models]
+
+    def key(d: Diagnostic) -> tuple:
+        return (_NEVER_EFFECTIVE.get(d.code, d.code), d.line, d.column)
+
+    common = set.intersection(*({key(d) for d in found} for found in per_model))
+    out: list[Diagnostic] = []
+    for d in per_model[0]:
+        if d.code != "FP205" and key(d) in common:
+            out.append(replace(d, message=f"{d.message} (with each of the {len(models)} models)"))
+    for model, found in zip(models, per_model, strict=True):
+        for d in found:
+            if d.code == "FP205":
+                out.append(replace(d, message=f"with {model.label}: {d.message}"))
+    return sorted(out, key=lambda d: (d.line or 0, d.column or 0, d.code))
+
+
+def lint_file_models(path: str | os.PathLike[str], models: Sequence[ModelNames]) -> LintReport:
+    """Lint one policy file against one or more models (`freezepolicy lint --model`)."""
+    try:
+        policy = load(path)
+    except PolicyError as exc:
+        return LintReport(os.fspath(path), list(exc.diagnostics))
+    return LintReport(policy.source, check_models(policy, models), policy)

@@ -6,6 +6,7 @@ import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from lark import Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
@@ -217,7 +218,8 @@ def _parse_chunk(
     col = start - (text.rfind("\n", 0, start) + 1)
     pad = "\n" * line + " " * col
     try:
-        built: list[_Built] = build_parser(transformer=_BUILDER).parse(pad + text[start:end])
+        # With an inline transformer, parse() returns what `_AstBuilder.start` returns.
+        built = cast(list[_Built], build_parser(transformer=_BUILDER).parse(pad + text[start:end]))
     except UnexpectedInput as exc:
         exc.fp_shift = start - len(pad)  # type: ignore[attr-defined]  # padded -> text offsets
         raise

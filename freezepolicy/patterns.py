@@ -27,6 +27,11 @@ MAX_PATTERN_LENGTH = 1000
 MAX_RANGE_DIGITS = 40
 
 _SPECIAL = set("*?[]{}.")
+#: A `*` is followed by text of variable width (a range or `{...}`) at most this many times in
+#: one part: those stars must backtrack, and k of them cost O(n**k) on a near-miss.
+MAX_FLEXIBLE_STARS = 3
+
+_STAR = object()  # marks a `*` among the translated pieces of a part
 
 
 @dataclass
@@ -90,6 +95,49 @@ class _Part:
         return PatternError(code, message, self.base + at, length)
 
     def translate(self, *, in_braces: bool = False) -> str:
+        return self._assemble(self._pieces(in_braces))
+
+    def _assemble(self, pieces: list) -> str:
+        """Join translated pieces, making `*` safe from exponential backtracking.
+
+        A part is `G0 * G1 * ... * Gk` where each G is a run of pieces. As in CPython's fnmatch,
+        a middle run of fixed width is matched at its first occurrence, in an atomic group
+        (`(?>[^.]*?G)`): any later occurrence would leave less room for the rest, which starts
+        with a `*` anyway, so nothing is lost, and the regex engine can no longer try every way
+        of splitting the text between the stars. A run of variable width (a range or `{...}`)
+        may need a later occurrence, so it keeps a backtracking `[^.]*?`, and there may be only
+        `MAX_FLEXIBLE_STARS` of those in one part.
+        """
+        runs: list[list[tuple[str, bool]]] = [[]]
+        for piece in pieces:
+            if piece is _STAR:
+                if runs[-1] or len(runs) == 1:
+                    runs.append([])
+                continue  # `**` is rejected earlier; `*` runs of one char fold together
+            runs[-1].append(piece)
+        out = "".join(regex for regex, _ in runs[0])
+        if len(runs) == 1:
+            return out
+        flexible = 0
+        for run in runs[1:-1]:
+            body = "".join(regex for regex, _ in run)
+            if all(fixed for _, fixed in run):
+                out += f"(?>[^.]*?{body})"
+            else:
+                flexible += 1
+                if flexible > MAX_FLEXIBLE_STARS:
+                    raise self.error(
+                        "FP125",
+                        f"more than {MAX_FLEXIBLE_STARS} `*` followed by a range or `{{...}}` "
+                        "in one part; split the selector",
+                        0,
+                        len(self.text),
+                    )
+                out += f"[^.]*?{body}"
+        return out + "[^.]*" + "".join(regex for regex, _ in runs[-1])
+
+    def _pieces(self, in_braces: bool) -> list:
+        """The part as a list of (regex, fixed_width) pieces and `_STAR` markers."""
         text, out, i = self.text, [], 0
         while i < len(text):
             c = text[i]
@@ -98,21 +146,21 @@ class _Part:
                     raise self.error(
                         "FP125", "`**` must be a whole part, as in `encoder.**.bias`", i, 2
                     )
-                out.append("[^.]*")
+                out.append(_STAR)
                 i += 1
             elif c == "?":
-                out.append("[^.]")
+                out.append(("[^.]", True))
                 i += 1
             elif c == "[":
                 regex, i = self._char_class(i)
-                out.append(regex)
+                out.append((regex, True))
             elif c == "]":
                 raise self.error("FP126", "`]` without a matching `[`", i)
             elif c == "{":
                 if in_braces:
                     raise self.error("FP127", "`{...}` alternatives cannot be nested", i)
                 regex, i = self._alternatives(i)
-                out.append(regex)
+                out.append((regex, False))
             elif c == "}":
                 raise self.error("FP127", "`}` without a matching `{`", i)
             elif c.isdigit() and c.isascii():
@@ -121,9 +169,9 @@ class _Part:
                     j += 1
                 if text.startswith("..", j):
                     regex, i = self._range(i, j)
-                    out.append(regex)
+                    out.append((regex, False))  # variable width, and its lookarounds see context
                 else:
-                    out.append(text[i:j])
+                    out.append((text[i:j], True))
                     i = j
             elif c == ".":
                 # A lone dot never reaches here (parts are split on dots first); this is the
@@ -132,9 +180,9 @@ class _Part:
                     "FP123", "a range needs a number on each side of `..`, as in `layer1..3`", i, 2
                 )
             else:
-                out.append(re.escape(c))
+                out.append((re.escape(c), True))
                 i += 1
-        return "".join(out)
+        return out
 
     def _range(self, start: int, dots: int) -> tuple[str, int]:
         text = self.text

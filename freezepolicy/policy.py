@@ -134,7 +134,9 @@ def _compile_selectors(
     types = tuple(compile_type_pattern(s.text) for s in selectors if isinstance(s, TypePattern))
     if not names:
         return None, types
-    combined = "|".join(compile_name_pattern(s.text, s.anchored).pattern for s in names)
+    # Duplicates are dropped first: a selector listed twice must not make the regex twice as big.
+    unique = dict.fromkeys((s.text, s.anchored) for s in names)
+    combined = "|".join(compile_name_pattern(t, a).pattern for t, a in unique)
     return re.compile(combined), types
 
 

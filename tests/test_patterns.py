@@ -656,3 +656,26 @@ def test_reference_agrees_on_real_names(
     body = pattern.lstrip("^")
     for name in resnet18_names + bert_names + bert_cls_names:
         assert selects(pattern, name) == reference_matches(body, name, anchored), name
+
+
+def test_stars_before_variable_width_text_are_capped() -> None:
+    """Stars followed by a range or `{...}` must backtrack; more than a few could take
+    polynomial time of high degree on a near-miss, so they are refused with FP125."""
+    from freezepolicy.patterns import MAX_FLEXIBLE_STARS, PatternError
+
+    ok = "*{a,b}" * MAX_FLEXIBLE_STARS + "*c"
+    assert compile_name_pattern(ok).search("x.abac.y")
+    assert not compile_name_pattern(ok).search("x.abc.y")  # three of {a,b} before the c
+    with pytest.raises(PatternError) as info:
+        compile_name_pattern("*{a,b}" * (MAX_FLEXIBLE_STARS + 1) + "*c")
+    assert info.value.code == "FP125"
+
+
+def test_many_fixed_width_stars_agree_with_the_reference() -> None:
+    """Atomic runs between stars (the no-hang translation) still mean what the stars mean.
+    test_errors.py runs the near-miss cases in a subprocess with a time limit."""
+    name = "x." + "a" * 12 + "b.y"
+    for pattern in ("*?" * 6, "*a" * 4 + "*b", "*a?" * 3 + "*", "a*a*b", "*b*a"):
+        assert bool(compile_name_pattern(pattern).search(name)) == reference_matches(
+            pattern, name
+        ), pattern

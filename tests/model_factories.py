@@ -1,0 +1,40 @@
+"""Models for `package.module:factory` specs in the tests, e.g. `tests.model_factories:mlp`.
+
+`mlp` is the model of policies/mlp_two_phase.freeze: layers `fc1`, `fc2`, `out`, sized for the
+8x8 digits of scikit-learn (64 inputs, 10 classes). The others exercise error paths.
+"""
+
+from __future__ import annotations
+
+import torchvision
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, inputs: int = 64, hidden: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(inputs, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, classes)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.out(self.act(self.fc2(self.act(self.fc1(x)))))
+
+
+def mlp() -> MLP:
+    """The model of policies/mlp_two_phase.freeze."""
+    return MLP()
+
+
+def pretrained_resnet() -> nn.Module:
+    """Asks for pretrained weights: building it from a spec must refuse, not download."""
+    return torchvision.models.resnet18(weights="DEFAULT")
+
+
+def not_a_model() -> str:
+    return "not a model"
+
+
+def needs_an_argument(width: int) -> nn.Module:
+    return nn.Linear(width, width)
