@@ -37,6 +37,11 @@ CODES: dict[str, str] = {
     "FP127": "bad-alternatives",
     "FP128": "selector-too-long",
     "FP129": "bad-type-selector",
+    # Schedules.
+    "FP130": "then-needs-every",
+    "FP131": "every-needs-then",
+    "FP132": "warmup-not-allowed",
+    "FP133": "mixed-clocks",
     # Checks that need parameter names or a model.
     "FP201": "selects-nothing",
     "FP202": "never-effective",
@@ -44,6 +49,7 @@ CODES: dict[str, str] = {
     "FP204": "unfreeze-blocked-by-lr-0",
     "FP205": "tied-parameter-conflict",
     "FP206": "distributed-unsafe",
+    "FP207": "warmup-needs-steps-per-epoch",
 }
 
 

@@ -100,9 +100,8 @@ def check_names(
     out: list[Diagnostic] = []
     names = list(names)
     silent: set[int] = set()  # statements with a selector we cannot evaluate or that is empty
-    for rule in policy.rules:
-        st = rule.statement
-        for sel in (*st.selection.include, *st.selection.exclude):
+    for index, st in enumerate(policy.statements):
+        for sel in st.selection.selectors:
             if isinstance(sel, TypePattern) and module_types is None:
                 out.append(
                     _diag(
@@ -114,21 +113,23 @@ def check_names(
                         severity="note",
                     )
                 )
-                silent.add(rule.index)
+                silent.add(index)
                 continue
             if not selector_matches(sel, names, module_types):
                 out.append(_diag(policy, "FP201", _nothing_message(sel, st, names), sel))
-                if sel in st.selection.include:
-                    silent.add(rule.index)
+                if sel not in st.selection.exclude:
+                    silent.add(index)
     bound = policy.bind(names, module_types)
-    effective = bound.effective_rules()
-    for rule in policy.rules:
-        if rule.index in effective or rule.index in silent:
+    effective = bound.effective_statements()
+    for index, st in enumerate(policy.statements):
+        if index in effective or index in silent:
             continue
-        if not bound.selected(rule):
+        rules = [r for r in policy.rules if r.statement_index == index]
+        if not any(bound.selected(r) for r in rules):
             continue  # already reported: its selectors match nothing (or all are excepted)
-        st = rule.statement
-        blocked = _blocked_by_lr_zero(bound, rule)
+        blocked = next(
+            (b for b in (_blocked_by_lr_zero(bound, r) for r in rules) if b is not None), None
+        )
         if blocked is not None:
             out.append(
                 _diag(

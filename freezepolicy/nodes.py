@@ -15,7 +15,7 @@ Clock = Literal["epoch", "step"]
 #: Words with a meaning in the language; a selector cannot be one of them.
 #: Words that can follow a selector; a selector spelled like one is almost always a selector
 #: left out (`freeze except fc`), so it is an error. Other keywords may name modules.
-FOLLOW_KEYWORDS: tuple[str, ...] = ("except", "at", "for")
+FOLLOW_KEYWORDS: tuple[str, ...] = ("except", "at", "for", "then", "every", "warmup")
 STATEMENT_KEYWORDS: tuple[str, ...] = ("freeze", "unfreeze", "lr", "decay", "stats")
 StatsMode = Literal["update", "freeze"]
 
@@ -61,8 +61,27 @@ Selector = NamePattern | TypePattern
 
 @dataclass(frozen=True)
 class Selection:
+    """`include [then group]... [except exclude]`; `except` applies to every group."""
+
     include: tuple[Selector, ...]
     exclude: tuple[Selector, ...] = ()
+    #: The groups after `then`, reached one after another (`every N epochs` apart).
+    then: tuple[tuple[Selector, ...], ...] = ()
+
+    @property
+    def groups(self) -> tuple[tuple[Selector, ...], ...]:
+        return (self.include, *self.then)
+
+    @property
+    def selectors(self) -> tuple[Selector, ...]:
+        """Every selector written, in the groups and in `except`."""
+        return tuple(s for group in self.groups for s in group) + self.exclude
+
+    def __str__(self) -> str:
+        text = " then ".join(", ".join(str(s) for s in group) for group in self.groups)
+        if self.exclude:
+            text += " except " + ", ".join(str(s) for s in self.exclude)
+        return text
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,18 @@ class When:
 
 
 @dataclass(frozen=True)
+class Duration:
+    """`2 epochs`, `1 step`: how far apart `then` groups are, or how long a warm-up lasts."""
+
+    count: int
+    clock: Clock
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.clock}{'' if self.count == 1 else 's'}"
+
+
+@dataclass(frozen=True)
 class Statement:
     action: Action
     selection: Selection
@@ -99,15 +130,18 @@ class Statement:
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
     #: For `stats`: "update" or "freeze".
     mode: StatsMode | None = None
+    #: `every N epochs`: the distance between the `then` groups of the selection.
+    every: Duration | None = None
+    #: `warmup N epochs`: the learning rate of what the statement unfreezes (or sets) ramps
+    #: linearly from 0 over this long.
+    warmup: Duration | None = None
 
     @property
     def line(self) -> int:
         return self.span.line
 
     def __str__(self) -> str:
-        sel = ", ".join(str(s) for s in self.selection.include)
-        if self.selection.exclude:
-            sel += " except " + ", ".join(str(s) for s in self.selection.exclude)
+        sel = str(self.selection)
         if self.mode is not None:
             head = f"{self.action} {self.mode} for"
         elif self.value is not None:
@@ -115,6 +149,10 @@ class Statement:
         else:
             head = self.action
         tail = f" {self.when}" if self.when is not None else ""
+        if self.every is not None:
+            tail += f" every {self.every}"
+        if self.warmup is not None:
+            tail += f" warmup {self.warmup}"
         return f"{head} {sel}{tail}"
 
 

@@ -17,6 +17,7 @@ from .nodes import (
     FOLLOW_KEYWORDS,
     STATEMENT_KEYWORDS,
     Comment,
+    Duration,
     NamePattern,
     Selection,
     Span,
@@ -38,6 +39,9 @@ _EXPECTED_WORDS: dict[str, str] = {
     "CLOCK": "`epoch` or `step`",
     "COMMA": "`,`",
     "_EXCEPT": "`except`",
+    "THEN": "`then`",
+    "EVERY": "`every`",
+    "WARMUP": "`warmup`",
     "AT": "`at`",
     "FOR": "`for`",
     "FREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
@@ -51,6 +55,9 @@ _EXPECTED_WORDS: dict[str, str] = {
 }
 _KEYWORD_OF_TERMINAL = {
     "_EXCEPT": "except",
+    "THEN": "then",
+    "EVERY": "every",
+    "WARMUP": "warmup",
     "AT": "at",
     "FOR": "for",
     "CLOCK": "epoch",
@@ -279,7 +286,19 @@ def _words(terminals: Iterable[str]) -> str:
 
 
 def _term_order(t: str) -> tuple[int, str]:
-    order = ["PATTERN", "TYPE_PATTERN", "NUMBER", "CLOCK", "COMMA", "_EXCEPT", "FOR", "AT"]
+    order = [
+        "PATTERN",
+        "TYPE_PATTERN",
+        "NUMBER",
+        "CLOCK",
+        "COMMA",
+        "THEN",
+        "_EXCEPT",
+        "FOR",
+        "AT",
+        "EVERY",
+        "WARMUP",
+    ]
     return (order.index(t) if t in order else len(order), t)
 
 
@@ -326,6 +345,11 @@ def _syntax_diagnostic(
             "FP102", f"expected a selector such as `layer1` or `*` after `{prev}`, found {shown}"
         )
     if expected == {"NUMBER"}:
+        if prev == "warmup":
+            return diag(
+                "FP104",
+                f"expected a whole number after `warmup`, as in `warmup 2 epochs`, found {shown}",
+            )
         if prev in ("epoch", "step"):
             return diag(
                 "FP104",
@@ -336,11 +360,18 @@ def _syntax_diagnostic(
             "FP106",
             f"expected a {what} such as `1e-4`, `0` or `0.1x` after `{prev}`, found {shown}",
         )
-    if expected == {"CLOCK"}:
-        hint = _suggest(found, ("epoch", "step")) if found else ""
+    if expected == {"CLOCK"} or expected == {"CLOCK", "NUMBER"}:
+        hint = _suggest(found, ("epoch", "step", "epochs", "steps")) if found else ""
+        # After `at`, `every` or `warmup N`: name the clause, not the number before the unit.
+        stmt_start = max(text.rfind(";", 0, pos), text.rfind("\n", 0, pos)) + 1
+        clauses = re.findall(r"\b(at|every|warmup)\b", text[stmt_start:pos])
+        clause = clauses[-1] if clauses else (prev or "at")
+        after = f"`{clause}`" if clause == prev else f"`{clause} {prev}`"
+        example = "at epoch 3" if clause == "at" else f"{clause} 2 epochs"
+        words = "`epoch` or `step`" if expected == {"CLOCK"} else "a number, `epochs` or `steps`"
         return diag(
             "FP101" if hint else "FP103",
-            f"expected `epoch` or `step` after `at`, found {shown}{hint}",
+            f"expected {words} after {after}, as in `{example}`, found {shown}{hint}",
         )
     if expected == {"STATS_MODE"}:
         hint = _suggest(found, ("update", "freeze")) if found else ""
@@ -423,23 +454,41 @@ class _AstBuilder(Transformer):
         problems: list[_Problem] = []
         value = None
         mode = None
-        when = None
-        selection = None
+        timing: dict[str, _Timing] = {}
+        result: _SelectionResult | None = None
         for child in children[1:]:
             if isinstance(child, Token) and child.type == "NUMBER":  # of `lr` / `decay`
                 value = self._value(child, str(action), problems)
             elif isinstance(child, Token):  # the `update` / `freeze` of `stats`
                 mode = str(child)
-            elif isinstance(child, tuple):  # (When, problems)
-                when, bad = child
-                problems.extend(bad)
+            elif isinstance(child, _Timing):
+                timing[child.kind] = child
+                problems.extend(child.problems)
             else:
-                selection, bad = child.selection, child.problems
-                problems.extend(bad)
-        assert selection is not None
-        last = when.span if when else (selection.exclude or selection.include)[-1].span
+                result = child
+                problems.extend(child.problems)
+        assert result is not None
+        selection = result.selection
+        when = cast(When | None, timing["at"].node if "at" in timing else None)
+        every = cast(Duration | None, timing["every"].node if "every" in timing else None)
+        warmup = cast(Duration | None, timing["warmup"].node if "warmup" in timing else None)
+        problems.extend(_check_timing(str(action), result, when, every, warmup))
+        last = max(
+            [n.span for n in (when, every, warmup) if n is not None]
+            + [selection.selectors[-1].span],
+            key=lambda s: (s.end_line, s.end_column),
+        )
         span = Span(action.line or 0, action.column or 0, last.end_line, last.end_column)
-        st = Statement(str(action), selection, value, when, span, mode)  # type: ignore[arg-type]
+        st = Statement(
+            str(action),  # type: ignore[arg-type]
+            selection,
+            value,
+            when,
+            span,
+            mode,  # type: ignore[arg-type]
+            every,
+            warmup,
+        )
         return _Built(st, tuple(problems))
 
     @staticmethod
@@ -472,9 +521,27 @@ class _AstBuilder(Transformer):
         return Value(number, relative, text, span)
 
     def selection(self, children: list) -> _SelectionResult:
-        include, bad_in = children[0]
-        exclude, bad_ex = children[1] if len(children) > 1 else ((), ())
-        return _SelectionResult(Selection(include, exclude), bad_in + bad_ex)
+        # children: group (THEN group)* [except-group]; `except` itself is not kept, so a group
+        # not preceded by THEN after the first is the except list.
+        include, problems = children[0]
+        then: list[tuple] = []
+        then_spans: list[Span] = []
+        exclude: tuple = ()
+        i = 1
+        while i < len(children):
+            child = children[i]
+            if isinstance(child, Token):  # THEN
+                then_spans.append(_token_span(child))
+                group, bad = children[i + 1]
+                then.append(group)
+                i += 2
+            else:
+                exclude, bad = child
+                i += 1
+            problems = problems + bad
+        return _SelectionResult(
+            Selection(include, exclude, tuple(then)), problems, tuple(then_spans)
+        )
 
     def selectors(self, children: list) -> tuple[tuple, tuple[_Problem, ...]]:
         selectors = tuple(sel for sel, _ in children)
@@ -511,44 +578,140 @@ class _AstBuilder(Transformer):
             return node, (_pattern_problem(exc, span, 1 if anchored else 0),)
         return node, ()
 
-    def when(self, children: list) -> tuple[When, tuple[_Problem, ...]]:
+    def when(self, children: list) -> _Timing:
         clock_tok, number = children
-        clock = str(clock_tok)
-        text = str(number)
+        clock = _clock(clock_tok)
+        at, problems = _whole_number(number, clock, minimum=0)
         span = _token_span(number)
-        problems: tuple[_Problem, ...] = ()
-        at = 0
-        problem = None
-        if _TIME_NUMBER.fullmatch(text) and len(text) <= MAX_TIME_DIGITS:
-            at = int(text)
-        elif _TIME_NUMBER.fullmatch(text):
-            # int() of a huge digit string is slow and, past 4300 digits, a ValueError.
-            problem = f"is too large (at most {MAX_TIME_DIGITS} digits)"
-        elif text.startswith("-"):
-            problem = "cannot be negative (epochs and steps count from 0)"
-        elif text.startswith("+") and _TIME_NUMBER.fullmatch(text[1:]):
-            problem = "is written without a sign"
-        else:
-            problem = "must be a whole number"
-        if problem is not None:
-            problems = (
-                _Problem(
-                    "FP105",
-                    f"{clock} {problem}, got `{_clip(text)}`",
-                    span.line,
-                    span.column,
-                    span.end_column,
-                ),
-            )
         # The span runs from the clock word (the `at` before it is not kept by the parser).
         when_span = Span(clock_tok.line or 0, clock_tok.column or 0, span.end_line, span.end_column)
-        return When(clock, at, when_span), problems  # type: ignore[arg-type]
+        return _Timing("at", When(clock, at, when_span), problems)  # type: ignore[arg-type]
+
+    def every(self, children: list) -> _Timing:
+        return self._duration("every", children)
+
+    def warmup(self, children: list) -> _Timing:
+        return self._duration("warmup", children)
+
+    @staticmethod
+    def _duration(kind: str, children: list) -> _Timing:
+        keyword, *rest = children
+        clock_tok = rest[-1]
+        clock = _clock(clock_tok)
+        if len(rest) == 2:  # `every 2 epochs`; `every epoch` has no number and means 1
+            count, problems = _whole_number(rest[0], f"the `{kind}` count", minimum=1)
+        else:
+            count, problems = 1, ()
+        end = _token_span(clock_tok)
+        span = Span(keyword.line or 0, keyword.column or 0, end.end_line, end.end_column)
+        return _Timing(kind, Duration(count, clock, span), problems)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class _SelectionResult:
     selection: Selection
     problems: tuple[_Problem, ...]
+    then_spans: tuple[Span, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """One of a statement's `at`, `every` and `warmup` clauses, with its problems."""
+
+    kind: str
+    node: When | Duration
+    problems: tuple[_Problem, ...]
+
+
+def _clock(tok: Token) -> str:
+    """`epoch` / `step` (the plural, natural after a number, means the same clock)."""
+    return str(tok).rstrip("s")
+
+
+def _whole_number(tok: Token, what: str, *, minimum: int) -> tuple[int, tuple[_Problem, ...]]:
+    """A time or count written as a whole number, or 0 and the problem with it."""
+    text = str(tok)
+    span = _token_span(tok)
+    problem = None
+    if _TIME_NUMBER.fullmatch(text) and len(text) <= MAX_TIME_DIGITS:
+        value = int(text)
+        if value >= minimum:
+            return value, ()
+        problem = f"must be {minimum} or more"
+    elif _TIME_NUMBER.fullmatch(text):
+        # int() of a huge digit string is slow and, past 4300 digits, a ValueError.
+        problem = f"is too large (at most {MAX_TIME_DIGITS} digits)"
+    elif text.startswith("-"):
+        problem = (
+            "cannot be negative (epochs and steps count from 0)"
+            if minimum == 0
+            else f"must be {minimum} or more"
+        )
+    elif text.startswith("+") and _TIME_NUMBER.fullmatch(text[1:]):
+        problem = "is written without a sign"
+    else:
+        problem = "must be a whole number"
+    message = f"{what} {problem}, got `{_clip(text)}`"
+    return 0, (_Problem("FP105", message, span.line, span.column, span.end_column),)
+
+
+def _check_timing(
+    action: str,
+    result: _SelectionResult,
+    when: When | None,
+    every: Duration | None,
+    warmup: Duration | None,
+) -> list[_Problem]:
+    """The rules that tie `then`, `at`, `every` and `warmup` together."""
+    problems: list[_Problem] = []
+    if result.then_spans and every is None:
+        s = result.then_spans[0]
+        problems.append(
+            _Problem(
+                "FP130",
+                "`then` lists groups reached one after another: add how far apart, as in"
+                " `every 2 epochs`",
+                s.line,
+                s.column,
+                s.end_column,
+            )
+        )
+    if every is not None and not result.then_spans:
+        s = every.span
+        problems.append(
+            _Problem(
+                "FP131",
+                "`every` spaces out groups listed with `then`, as in"
+                " `unfreeze layer4 then layer3 every 2 epochs`; this statement has one group",
+                s.line,
+                s.column,
+                s.end_column,
+            )
+        )
+    if every is not None and when is not None and every.clock != when.clock:
+        s = every.span
+        problems.append(
+            _Problem(
+                "FP133",
+                f"`every` counts {every.clock}s but `at` counts {when.clock}s; use one clock",
+                s.line,
+                s.column,
+                s.end_column,
+            )
+        )
+    if warmup is not None and action not in ("unfreeze", "lr"):
+        s = warmup.span
+        problems.append(
+            _Problem(
+                "FP132",
+                f"`warmup` ramps up a learning rate, so it belongs to `unfreeze` or `lr`,"
+                f" not `{action}`",
+                s.line,
+                s.column,
+                s.end_column,
+            )
+        )
+    return problems
 
 
 def _pattern_problem(exc: PatternError, span: Span, shift: int) -> _Problem:

@@ -5,12 +5,14 @@ Pure Python: nothing here imports torch, so `lint` and `show --names` stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .nodes import Comment, NamePattern, Selector, Statement, TypePattern
+from .errors import Diagnostic, PolicyResolveError
+from .nodes import Comment, NamePattern, Selector, Statement, TypePattern, When
 from .patterns import compile_name_pattern, compile_type_pattern
 
 #: Lint checks every combination of event times up to this many moments.
@@ -56,6 +58,9 @@ class Decision:
     decay_by: Statement | None = None
     stats: bool | None = None
     stats_by: Statement | None = None
+    #: The warm-up factor in (0, 1) while a warm-up holds the learning rate back (`lr` is
+    #: already scaled by it), else None.
+    warmup: float | None = None
 
     @property
     def statement(self) -> Statement | None:
@@ -67,14 +72,13 @@ class Decision:
         return st.line if st is not None else None
 
 
-def _time_key(statement: Statement, steps_per_epoch: int | None) -> tuple[int, int]:
-    """Where a statement sits on the timeline; ties are broken by its place in the file.
+def _time_key(when: When | None, steps_per_epoch: int | None) -> tuple[int, int]:
+    """Where a rule starting at `when` sits on the timeline; ties are broken by file position.
 
     Without `steps_per_epoch` the two clocks cannot be compared, so epoch-timed statements are
     ordered before step-timed ones (docs/language.md, "Time"). Time 0 on either clock is the
     start, the same moment as a statement with no time.
     """
-    when = statement.when
     if when is None or when.at == 0:
         return (0, 0)
     if steps_per_epoch is not None:
@@ -84,7 +88,9 @@ def _time_key(statement: Statement, steps_per_epoch: int | None) -> tuple[int, i
 
 @dataclass(frozen=True)
 class Rule:
-    """A statement compiled: one regex for its name patterns, globs for its type selectors."""
+    """One group of a statement compiled: a regex for its name patterns, globs for its type
+    selectors, and when it starts. A plain statement is one rule; `a then b then c ... every
+    2 epochs` is one rule per group, each starting `every` later than the one before."""
 
     index: int
     statement: Statement
@@ -92,12 +98,60 @@ class Rule:
     include_types: tuple[re.Pattern[str], ...]
     exclude: re.Pattern[str] | None
     exclude_types: tuple[re.Pattern[str], ...]
+    #: Position of the statement in the policy, and of this rule's group in the statement.
+    statement_index: int = 0
+    group: int = 0
+    #: When the rule takes effect (None: from the start).
+    start: When | None = None
 
     @classmethod
-    def compile(cls, index: int, statement: Statement) -> Rule:
-        inc, inc_t = _compile_selectors(statement.selection.include)
-        exc, exc_t = _compile_selectors(statement.selection.exclude)
-        return cls(index, statement, inc, inc_t, exc, exc_t)
+    def compile_statement(cls, first_index: int, statement_index: int, st: Statement) -> list[Rule]:
+        exc, exc_t = _compile_selectors(st.selection.exclude)
+        rules = []
+        for group, selectors in enumerate(st.selection.groups):
+            inc, inc_t = _compile_selectors(selectors)
+            start = st.when
+            if group and st.every is not None:
+                base = st.when or When(st.every.clock, 0)
+                start = When(base.clock, base.at + group * st.every.count, base.span)
+            index = first_index + group
+            rules.append(cls(index, st, inc, inc_t, exc, exc_t, statement_index, group, start))
+        return rules
+
+    @property
+    def label(self) -> str:
+        """The statement, or for one group of a `then` statement, that group and its time."""
+        st = self.statement
+        groups = st.selection.groups
+        if len(groups) == 1:
+            return str(st)
+        selectors = ", ".join(str(s) for s in groups[self.group])
+        when = f" at {self.start.clock} {self.start.at}" if self.start else ""
+        return f"{st.action} {selectors}{when} (group {self.group + 1} of {len(groups)})"
+
+    def warmup_factor(self, epoch: int, step: int, steps_per_epoch: int | None) -> float:
+        """How far the statement's warm-up has come at (epoch, step): in (0, 1], 1 when done.
+
+        The ramp is linear and counts the step about to be taken, so the first step after
+        the rule starts uses 1/N of the rate and the N-th the whole rate. With both in epochs
+        and `steps_per_epoch` unknown, it moves once per epoch.
+        """
+        warmup = self.statement.warmup
+        if warmup is None:
+            return 1.0
+        start = self.start or When(warmup.clock, 0)
+        spe = steps_per_epoch
+        if start.clock == warmup.clock == "epoch" and spe is None:
+            done, total = epoch - start.at, warmup.count
+        elif start.clock == warmup.clock == "step":
+            done, total = step - start.at, warmup.count
+        else:
+            if spe is None:
+                raise PolicyResolveError(_needs_steps_per_epoch(self.statement))
+            start_step = start.at * spe if start.clock == "epoch" else start.at
+            total = warmup.count * spe if warmup.clock == "epoch" else warmup.count
+            done = step - start_step
+        return min(1.0, max(done + 1, 1) / total)
 
     @property
     def writes(self) -> tuple[str, ...]:
@@ -112,7 +166,7 @@ class Rule:
         return ("decay",)
 
     def active(self, epoch: int, step: int) -> bool:
-        when = self.statement.when
+        when = self.start
         if when is None:
             return True
         return (epoch if when.clock == "epoch" else step) >= when.at
@@ -184,20 +238,31 @@ class Policy:
     rules: tuple[Rule, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.rules = tuple(Rule.compile(i, s) for i, s in enumerate(self.statements))
+        rules: list[Rule] = []
+        for i, st in enumerate(self.statements):
+            rules.extend(Rule.compile_statement(len(rules), i, st))
+        self.rules = tuple(rules)
 
     @property
     def has_type_selectors(self) -> bool:
         return any(
-            isinstance(s, TypePattern)
-            for st in self.statements
-            for s in (*st.selection.include, *st.selection.exclude)
+            isinstance(s, TypePattern) for st in self.statements for s in st.selection.selectors
         )
 
     def events(self) -> list[tuple[str, int]]:
-        """The distinct moments at which something changes, as (clock, value), in time order."""
-        times = {(st.when.clock, st.when.at) for st in self.statements if st.when and st.when.at}
+        """The distinct moments at which something changes, as (clock, value), in time order.
+
+        A warm-up changes the learning rate at every step (or epoch) it lasts; its start is
+        the event listed here.
+        """
+        times = {(r.start.clock, r.start.at) for r in self.rules if r.start and r.start.at}
         return sorted(times, key=lambda t: (t[0] == "step", t[1]))
+
+    def clock_times(self) -> tuple[list[int], list[int]]:
+        """Epochs and steps at which some rule starts, each list with 0 first."""
+        epochs = {0} | {r.start.at for r in self.rules if r.start and r.start.clock == "epoch"}
+        steps = {0} | {r.start.at for r in self.rules if r.start and r.start.clock == "step"}
+        return sorted(epochs), sorted(steps)
 
     def bind(
         self,
@@ -244,9 +309,10 @@ class BoundPolicy:
         self.policy = policy
         self.names = names
         self.module_types = module_types
-        self._index = {id(r.statement): r.index for r in policy.rules}
+        self._statement_index = {id(r.statement): r.statement_index for r in policy.rules}
         self._selected: dict[int, frozenset[int]] = {}
-        self._resolved: dict[tuple[int, ...], dict[str, Decision]] = {}
+        self._resolved: dict[tuple, dict[str, Decision]] = {}
+        self._warming = [r for r in policy.rules if r.statement.warmup is not None]
 
     def selected(self, rule: Rule) -> frozenset[int]:
         hit = self._selected.get(rule.index)
@@ -257,21 +323,51 @@ class BoundPolicy:
     def order(self, epoch: int, step: int, steps_per_epoch: int | None = None) -> list[Rule]:
         """The rules whose time has come, in the order they apply."""
         active = [r for r in self.policy.rules if r.active(epoch, step)]
-        active.sort(key=lambda r: (_time_key(r.statement, steps_per_epoch), r.index))
+        active.sort(key=lambda r: (_time_key(r.start, steps_per_epoch), r.index))
         return active
+
+    def state_key(self, epoch: int, step: int, steps_per_epoch: int | None = None) -> tuple:
+        """What the decisions at (epoch, step) depend on: the active rules in order, and the
+        progress of the warm-ups under way. Equal keys give equal decisions."""
+        order = tuple(r.index for r in self.order(epoch, step, steps_per_epoch))
+        if not self._warming:
+            return order
+        factors = tuple(
+            self._factor(r, epoch, step, steps_per_epoch)
+            for r in self._warming
+            if r.active(epoch, step)
+        )
+        return (order, factors)
 
     def resolve(
         self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
     ) -> dict[str, Decision]:
-        order = self.order(epoch, step, steps_per_epoch)
-        key = tuple(r.index for r in order)
+        key = self.state_key(epoch, step, steps_per_epoch)
         cached = self._resolved.get(key)
         if cached is None:
-            cached = self._resolved[key] = self._decide(order)
+            order = self.order(epoch, step, steps_per_epoch)
+            factors = {
+                r.index: self._factor(r, epoch, step, steps_per_epoch)
+                for r in order
+                if r.statement.warmup is not None
+            }
+            if len(self._resolved) > 4096:  # a long warm-up makes a key per step: bound it
+                self._resolved.clear()
+            cached = self._resolved[key] = self._decide(order, factors)
         # A copy: the cache must not change when a caller edits the dict it was given.
         return dict(cached)
 
-    def _decide(self, order: list[Rule]) -> dict[str, Decision]:
+    def _factor(self, rule: Rule, epoch: int, step: int, steps_per_epoch: int | None) -> float:
+        try:
+            return rule.warmup_factor(epoch, step, steps_per_epoch)
+        except PolicyResolveError as exc:  # say where, in this policy's own file
+            d = exc.first
+            lines = self.policy.text.split("\n")
+            source = lines[d.line - 1] if d.line and 0 < d.line <= len(lines) else None
+            where = dataclasses.replace(d, path=self.policy.source, source_line=source)
+            raise PolicyResolveError(where) from None
+
+    def _decide(self, order: list[Rule], factors: Mapping[int, float]) -> dict[str, Decision]:
         n = len(self.names)
         deciders: dict[str, list[Rule | None]] = {
             "trainable": [None] * n,
@@ -294,6 +390,18 @@ class BoundPolicy:
             )
             lr = _rate(lr_rule)
             wd = _rate(wd_rule)
+            # A warm-up under way (of the `unfreeze` that made the parameter trainable, or of
+            # the `lr` that set its rate) scales its rate; the one least far along holds it back.
+            ramp = min(
+                (
+                    factors.get(r.index, 1.0)
+                    for r in (t_rule, lr_rule)
+                    if r is not None and r.statement.action in ("unfreeze", "lr")
+                ),
+                default=1.0,
+            )
+            if ramp < 1.0 and not (lr is not None and lr.is_zero):
+                lr = Rate(lr.value * ramp, lr.relative) if lr else Rate(ramp, relative=True)
             if lr is not None and lr.is_zero:
                 # A learning rate of 0 is a freeze: reported (and later applied) as not trainable.
                 trainable: bool | None = False
@@ -314,17 +422,13 @@ class BoundPolicy:
                 wd_rule.statement if wd_rule else None,
                 s_rule.statement.mode == "update" if s_rule else None,
                 s_rule.statement if s_rule else None,
+                ramp if ramp < 1.0 else None,
             )
         return out
 
     def moments(self) -> list[tuple[int, int]]:
         """Moments (epoch, step) that together see every reachable set of active statements."""
-        epochs = sorted(
-            {0} | {s.when.at for s in self.policy.statements if s.when and s.when.clock == "epoch"}
-        )
-        steps = sorted(
-            {0} | {s.when.at for s in self.policy.statements if s.when and s.when.clock == "step"}
-        )
+        epochs, steps = self.policy.clock_times()
         moments = list(itertools.product(epochs, steps))
         if len(moments) > MAX_LINT_MOMENTS:
             # Too many combinations to try them all: each clock on its own, and both together.
@@ -333,15 +437,20 @@ class BoundPolicy:
             )
         return moments
 
-    def effective_rules(self) -> set[int]:
+    def effective_statements(self) -> set[int]:
         """Indices of the statements that decide some setting of some name at some moment."""
         used: set[int] = set()
         for epoch, step in self.moments():
-            for d in self.resolve(epoch=epoch, step=step).values():
+            for d in self._resolve_ignoring_warmup(epoch, step).values():
                 for st in (d.trainable_by, d.lr_by, d.decay_by, d.stats_by):
                     if st is not None:
-                        used.add(self._index[id(st)])
+                        used.add(self._statement_index[id(st)])
         return used
+
+    def _resolve_ignoring_warmup(self, epoch: int, step: int) -> dict[str, Decision]:
+        """Who decides what at a moment; warm-up progress does not change who decides, and
+        needs no `steps_per_epoch` here."""
+        return self._decide(self.order(epoch, step), {})
 
 
 def _rate(rule: Rule | None) -> Rate | None:
@@ -349,3 +458,16 @@ def _rate(rule: Rule | None) -> Rate | None:
         return None
     v = rule.statement.value
     return Rate(v.number, v.relative)
+
+
+def _needs_steps_per_epoch(st: Statement) -> Diagnostic:
+    span = st.warmup.span if st.warmup is not None else st.span
+    return Diagnostic(
+        "FP207",
+        f"`{st}` mixes epochs and steps in its warm-up, which needs the number of steps per "
+        "epoch: pass steps_per_epoch (FreezeScheduler and the Trainer callback do)",
+        "<policy>",
+        span.line,
+        span.column,
+        span.end_column if span.end_line == span.line else None,
+    )

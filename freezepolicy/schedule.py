@@ -60,7 +60,8 @@ class FreezeScheduler:
         self.strict = strict
         self.epoch = epoch
         self.global_step = step
-        #: Reports of the applies that changed something, oldest first (one per phase).
+        #: One report per phase, oldest first: the first apply, then each apply that changed
+        #: which parameters train (rate changes, such as a warm-up's, are not new phases).
         self.history: list[ApplyReport] = []
         self.report = self._apply()
 
@@ -87,7 +88,7 @@ class FreezeScheduler:
             strict=self.strict,
             scheduler=self.scheduler,
         )
-        if report.changed or not self.history:
+        if not self.history or report.trainable != self.history[-1].trainable:
             self.history.append(report)
         self.report = report
         return report

@@ -302,11 +302,12 @@ class PolicyView:
         return out
 
     def statements_at(self, times: Sequence[tuple[str, int]]) -> list[Statement]:
-        return [
-            st
-            for st in self.policy.statements
-            if st.when is not None and (st.when.clock, st.when.at) in times
+        starting = [
+            r.statement
+            for r in self.policy.rules
+            if r.start is not None and (r.start.clock, r.start.at) in times
         ]
+        return list({id(st): st for st in starting}.values())  # once each, in file order
 
     def selected_keys(self, rule_index: int) -> frozenset[str]:
         rule = self.policy.rules[rule_index]
@@ -597,7 +598,7 @@ def format_text(
         elements = sum(view.numel[k] for k in keys)
         counts = [_tensors(len(keys)), f"{_count(elements)} params"]
         what = counts if keys else ["selects nothing", ""]
-        rows.append([f"  {rule.statement.line}", _clip(str(rule.statement), 60), *what])
+        rows.append([f"  {rule.statement.line}", _clip(rule.label, 60), *what])
     out.extend(_table([("", ">"), ("", "<"), ("", ">"), ("", ">")], rows, header=False))
 
     events = view.events()
@@ -767,7 +768,9 @@ def to_json(
         statements.append(
             {
                 **(_statement_json(st) or {}),
-                "when": None if st.when is None else {"clock": st.when.clock, "at": st.when.at},
+                "when": (
+                    None if rule.start is None else {"clock": rule.start.clock, "at": rule.start.at}
+                ),
                 "tensors": len(keys),
                 "elements": sum(view.numel[k] for k in keys),
             }

@@ -201,7 +201,7 @@ CATALOGUE = [
     pytest.param(
         "freeze * at",
         """
-        policy.freeze:1:12: expected `epoch` or `step` after `at`, found the end of the statement [FP103]
+        policy.freeze:1:12: expected `epoch` or `step` after `at`, as in `at epoch 3`, found the end of the statement [FP103]
             freeze * at
                        ^
         """,
@@ -214,7 +214,7 @@ CATALOGUE = [
     pytest.param(
         "freeze * at epch 3",
         """
-        policy.freeze:1:13: expected `epoch` or `step` after `at`, found `epch`; did you mean `epoch`? [FP101]
+        policy.freeze:1:13: expected `epoch` or `step` after `at`, as in `at epoch 3`, found `epch`; did you mean `epoch`? [FP101]
             freeze * at epch 3
                         ^~~~
         """,
@@ -396,7 +396,7 @@ CATALOGUE = [
     pytest.param(
         "freeze fc bn1",
         """
-        policy.freeze:1:11: unexpected `bn1`; expected `,`, `except`, `at` or the end of the statement (separate selectors with `,`) [FP103]
+        policy.freeze:1:11: unexpected `bn1`; expected `,`, `then`, `except`, `at`, `every`, `warmup` or the end of the statement (separate selectors with `,`) [FP103]
             freeze fc bn1
                       ^~~
         """,

@@ -16,6 +16,7 @@ import freezepolicy
 from freezepolicy.grammar import build_parser
 from freezepolicy.nodes import (
     FOLLOW_KEYWORDS,
+    Duration,
     NamePattern,
     Selection,
     Statement,
@@ -171,13 +172,25 @@ def statements(draw: st.DrawFn) -> Statement:
     action = draw(st.sampled_from(["freeze", "unfreeze", "lr", "decay", "stats"]))
     selection = draw(SELECTION)
     when = draw(WHEN)
+    # Gradual statements: `then` groups always come with `every`, on the clock of `at`.
+    every = None
+    then = draw(st.lists(st.lists(SELECTOR, min_size=1, max_size=2).map(tuple), max_size=2))
+    if then:
+        clock = when.clock if when is not None else draw(st.sampled_from(["epoch", "step"]))
+        every = Duration(draw(st.integers(1, 50)), clock)
+        selection = Selection(selection.include, selection.exclude, tuple(then))
+    # A warm-up ramps a learning rate: only `unfreeze` and `lr` take one.
+    warmup = None
+    if action in ("unfreeze", "lr") and draw(st.booleans()):
+        warmup = Duration(draw(st.integers(1, 1000)), draw(st.sampled_from(["epoch", "step"])))
     if action in ("lr", "decay"):
-        return Statement(action, selection, value=draw(values()), when=when)
-    if action == "stats":
         return Statement(
-            action, selection, when=when, mode=draw(st.sampled_from(["update", "freeze"]))
+            action, selection, value=draw(values()), when=when, every=every, warmup=warmup
         )
-    return Statement(action, selection, when=when)
+    if action == "stats":
+        mode = draw(st.sampled_from(["update", "freeze"]))
+        return Statement(action, selection, when=when, mode=mode, every=every)
+    return Statement(action, selection, when=when, every=every, warmup=warmup)
 
 
 STATEMENTS = st.lists(statements(), max_size=6)
@@ -185,8 +198,7 @@ STATEMENTS = st.lists(statements(), max_size=6)
 
 def _all_selectors(sts):
     for s in sts:
-        yield from s.selection.include
-        yield from s.selection.exclude
+        yield from s.selection.selectors
 
 
 @FAST
@@ -229,12 +241,23 @@ def _tokens(st_: Statement) -> list[str]:
                 out.append(",")
             out.append(str(s))
 
-    sels(st_.selection.include)
+    for g, group in enumerate(st_.selection.groups):
+        if g:
+            out.append("then")
+        sels(group)
     if st_.selection.exclude:
         out.append("except")
         sels(st_.selection.exclude)
     if st_.when is not None:
         out += ["at", st_.when.clock, str(st_.when.at)]
+    for word, duration in (("every", st_.every), ("warmup", st_.warmup)):
+        if duration is not None:
+            # Either spelling of the unit, and `every epoch` for a count of 1.
+            unit = duration.clock + ("s" if duration.count != 1 else "")
+            if word == "every" and duration.count == 1:
+                out += [word, duration.clock]
+            else:
+                out += [word, str(duration.count), unit]
     return out
 
 
@@ -286,7 +309,8 @@ def _padded(strategy: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.builds(lambda a, t, b: a + t + b, SPACE, strategy, SPACE)
 
 
-_WHOLE = st.integers(0, 10**6).map(str)
+# 1 or more: valid as a time (`at epoch 3`) and as a count (`every 3 epochs`).
+_WHOLE = st.integers(1, 10**6).map(str)
 
 # Explicit strategies for every terminal that give only well-formed tokens: every generated text
 # must parse. NUMBER serves both values and times, so it is a whole number, valid for both
@@ -299,8 +323,11 @@ VALID_TERMINALS: dict[str, st.SearchStrategy[str]] = {
     "STATS": _padded(st.just("stats")),
     "STATS_MODE": _padded(st.sampled_from(["update", "freeze"])),
     "_EXCEPT": _padded(st.just("except")),
-    "CLOCK": _padded(st.sampled_from(["epoch", "step"])),
+    "CLOCK": _padded(st.sampled_from(["epoch", "step", "epochs", "steps"])),
     "FOR": _padded(st.just("for")),
+    "THEN": _padded(st.just("then")),
+    "EVERY": _padded(st.just("every")),
+    "WARMUP": _padded(st.just("warmup")),
     "AT": _padded(st.just("at")),
     "COMMA": st.sampled_from([",", " , ", ",\t"]),
     "NUMBER": _padded(_WHOLE),
@@ -321,7 +348,16 @@ def test_valid_terminals_cover_the_grammar() -> None:
 @FAST
 @given(from_lark(PARSER, explicit=VALID_TERMINALS))
 def test_text_generated_from_the_grammar_parses(text: str) -> None:
-    policy = freezepolicy.parse(text)
+    # Three rules tie clauses together beyond what a context-free grammar says: `then` and
+    # `every` come together, `warmup` only on `unfreeze`/`lr`, and `every` and `at` count on
+    # one clock. Generated text may break them; it must then fail with exactly those codes.
+    try:
+        policy = freezepolicy.parse(text)
+    except freezepolicy.PolicySyntaxError as exc:
+        codes = {d.code for d in exc.diagnostics}
+        assert codes <= {"FP130", "FP131", "FP132", "FP133"}, str(exc)
+        assert any(word in text for word in ("then", "every", "warmup")), str(exc)
+        return
     canonical = policy.format()
     again = freezepolicy.parse(canonical)
     assert again.statements == policy.statements
