@@ -37,6 +37,7 @@ MODELS = {
         ["torchvision:resnet18", "transformers:bert-base-uncased", "transformers:llama-3-8b"],
     ],
     "mlp_two_phase.freeze": [["tests.model_factories:mlp"]],
+    "mlp_head_only.freeze": [["freezepolicy.demo:mlp"]],
 }
 
 _built: dict[str, nn.Module] = {}
