@@ -233,15 +233,14 @@ class _Binding:
         Epoch-timed and step-timed statements activate independently, so every combination of
         an epoch event with a step event is a distinct set; (0, 0) comes first.
         """
-        sts = self.policy.statements
-        epochs = sorted({0} | {s.when.at for s in sts if s.when and s.when.clock == "epoch"})
-        steps = sorted({0} | {s.when.at for s in sts if s.when and s.when.clock == "step"})
+        epochs, steps = self.policy.clock_times()
         if len(epochs) * len(steps) > MAX_MOMENTS:
             return self.bound.moments()
         return list(itertools.product(epochs, steps))
 
     def order_key(self, epoch: int, step: int) -> tuple[int, ...]:
-        return tuple(r.index for r in self.bound.order(epoch, step, self.steps_per_epoch))
+        # The active rules and the progress of warm-ups: equal keys give equal decisions.
+        return self.bound.state_key(epoch, step, self.steps_per_epoch)
 
     def merged(self, epoch: int, step: int) -> list[Decision]:
         """One decision per tensor at this moment (tied names merged)."""
@@ -495,10 +494,10 @@ def apply_policy(
     hold, release = _plan_norms(binding, snap, decisions, targets, epoch, step)
     plan = None
     if optimizer is not None:
-        # Raises (before any change) when the groups must be reshaped under a scheduler.
-        plan = optim.plan_optimizer(
-            optimizer, binding, binding.rates(decisions), targets, bool(schedulers)
-        )
+        # Raises (before any change) when the groups must be split under a scheduler that
+        # cannot follow the split.
+        rates = binding.rates(decisions)
+        plan = optim.plan_optimizer(optimizer, binding, rates, targets, schedulers)
         optim.check_schedulers(schedulers, optimizer)
     dist = _distributed()
     if dist is not None:  # ranks must agree, and DDP must be able to follow (FP206)
@@ -620,14 +619,14 @@ def _report(
     )
     t_el = sum(e for e, t in zip(binding.elements, targets, strict=True) if t)
     f_el = sum(e for e, t in zip(binding.elements, targets, strict=True) if not t)
-    active = set(binding.order_key(epoch, step))
+    active = {r.index for r in binding.bound.order(epoch, step, binding.steps_per_epoch)}
     statements = []
     for rule in policy.rules:
         tensors = {binding.name_index[binding.bound.names[i]] for i in binding.bound.selected(rule)}
         statements.append(
             StatementReport(
                 rule.statement.line,
-                str(rule.statement),
+                rule.label,
                 len(tensors),
                 sum(binding.elements[i] for i in tensors),
                 rule.index in active,

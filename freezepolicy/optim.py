@@ -205,6 +205,10 @@ class OptimizerPlan:
     updates: list[tuple[int, str, Any]] = field(default_factory=list)
     #: Group index -> ratio by which its learning rates were scaled (for scheduler base rates).
     lr_ratios: dict[int, float] = field(default_factory=dict)
+    #: For a reshape that schedulers passed to apply_policy follow: per new group, the index of
+    #: the old group it came from and the ratio its learning rates were scaled by (None when
+    #: the group restarted from a rate of 0).
+    split: list[tuple[int, float | None]] | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -214,8 +218,12 @@ class OptimizerPlan:
     def execute(self, schedulers: Sequence[Any]) -> None:
         opt = self.optimizer
         if self.reshape is not None:
+            old_count = len(opt.param_groups)
             # In place, so anything holding the list (a scheduler, a logger) sees the new groups.
             opt.param_groups[:] = self.reshape
+            if self.split is not None:
+                for sched in schedulers:
+                    _split_scheduler(sched, self.split, old_count, opt.param_groups)
         for index, key, value in self.updates:
             group = opt.param_groups[index]
             if key == MARKER:
@@ -248,10 +256,12 @@ def plan_optimizer(
     binding: _Binding,
     rates: dict[str, Rates],
     trainable: Sequence[bool],
-    schedulers_passed: bool = False,
+    schedulers: Sequence[Any] = (),
 ) -> OptimizerPlan:
     """Compute what applying the policy's current `rates` (group key -> rates) does to `optimizer`.
 
+    `schedulers` are the ones passed to apply_policy: when the groups must be split, torch's own
+    schedulers among them follow the split (see `_split_scheduler`).
     Raises ValueError, before anything is changed, when the optimizer cannot take the policy.
     """
     plan = OptimizerPlan(optimizer)
@@ -275,7 +285,7 @@ def plan_optimizer(
     if _layout_ok(optimizer, key_of):
         _plan_updates(plan, rates, binding)
     else:
-        plan.reshape = _reshaped(optimizer, binding, rates, key_of)
+        plan.reshape, split = _reshaped(optimizer, binding, rates, key_of)
         old = optimizer.param_groups
         relabel = len(plan.reshape) == len(old) and all(
             [id(p) for p in n["params"]] == [id(p) for p in o["params"]]
@@ -288,14 +298,26 @@ def plan_optimizer(
                 before, after = _as_float(o["lr"]), _as_float(n["lr"])
                 if before and after != before:
                     plan.lr_ratios[index] = after / before
+        elif schedulers and all(can_split_scheduler(s) for s in schedulers):
+            # The schedulers take one entry per new group from the group it came from.
+            plan.split = split
+        elif schedulers:
+            names = ", ".join(sorted({type(s).__name__ for s in schedulers}))
+            raise ValueError(
+                "the optimizer's parameter groups must be split to fit the policy, but the "
+                f"scheduler ({names}) cannot follow a split (torch's own scheduler classes can): "
+                "call apply_policy before creating the scheduler, or build the optimizer with "
+                "freezepolicy.param_groups"
+            )
         elif hasattr(optimizer.step, _SCHED_MARK):
             raise ValueError(
                 "the optimizer's parameter groups must be split to fit the policy, but a "
                 "learning-rate scheduler is already attached to it (its per-group rates would "
-                "no longer line up): call apply_policy before creating the scheduler, or build "
+                "no longer line up): pass it as apply_policy(..., scheduler=...) if it is one of "
+                "torch's schedulers, call apply_policy before creating the scheduler, or build "
                 "the optimizer with freezepolicy.param_groups"
             )
-    if plan.lr_ratios and not schedulers_passed and hasattr(optimizer.step, _SCHED_MARK):
+    if plan.lr_ratios and not schedulers and hasattr(optimizer.step, _SCHED_MARK):
         plan.warnings.append(
             "the policy changed learning rates of an optimizer with a scheduler attached: "
             "pass the scheduler as apply_policy(..., scheduler=...) if it keeps its own base "
@@ -355,14 +377,19 @@ def _reshaped(
     binding: _Binding,
     rates: dict[str, Rates],
     key_of: dict[int, str],
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[tuple[int, float | None]]]:
     """New param_groups: each original group split by policy group, its state kept.
 
     Optimizer state is keyed by tensor, not by group, so moving tensors between groups keeps
     every tensor's state. Groups freezepolicy made before (another policy, a changed model) are
     merged back by their `origin`; tensors that are not the model's stay in a group of their own
     with the original hyperparameters.
+
+    Also returns, per new group, the index of the old group its hyperparameters came from and the
+    ratio its learning rates were scaled by (None when restarted from 0), for `_split_scheduler`.
     """
+    index_of = {id(g): i for i, g in enumerate(optimizer.param_groups)}
+    split: list[tuple[int, float | None]] = []
     # origin id -> [(tensor, source group)], in order of first appearance
     origins: dict[tuple, list[tuple[torch.Tensor, dict[str, Any]]]] = {}
     for gi, group in enumerate(optimizer.param_groups):
@@ -387,10 +414,13 @@ def _reshaped(
             if names is not None:
                 new["param_names"] = [names[id(p)] for p in params]
             if key is None:
+                ratio: float | None = 1.0
                 if MARKER in source:  # not the model's: keep the values, drop the claim
                     marker = source[MARKER]
                     _update_fresh(new, _scaled_lrs(source, marker.get("lr"), marker.get("base_lr")))
+                    ratio = _ratio(marker.get("lr"), marker.get("base_lr"))
                 out.append(new)
+                split.append((index_of[id(source)], ratio))
                 continue
             marker = source.get(MARKER)
             if isinstance(marker, dict):
@@ -408,6 +438,7 @@ def _reshaped(
             new_lr = nominal_lr(lr_rate, binding.idle[key], base_lr)
             new_wd = nominal_decay(wd_rate, base_wd)
             _update_fresh(new, _scaled_lrs(source, old_lr, new_lr))
+            split.append((index_of[id(source)], _ratio(old_lr, new_lr)))
             if new_wd is not None:
                 new["weight_decay"] = new_wd
             new[MARKER] = {
@@ -419,7 +450,14 @@ def _reshaped(
                 "weight_decay": new_wd,
             }
             out.append(new)
-    return out
+    return out, split
+
+
+def _ratio(old: float | None, new: float | None) -> float | None:
+    """The factor `_scaled_lrs` moved learning rates by (None: restarted from a rate of 0)."""
+    if not old or new is None:
+        return None
+    return new / old
 
 
 def _param_names(optimizer: torch.optim.Optimizer) -> dict[int, str] | None:
@@ -457,6 +495,75 @@ def check_schedulers(schedulers: Sequence[Any], optimizer: torch.optim.Optimizer
                 )
 
 
+#: Schedulers whose per-group state is exactly the lists in `_PER_GROUP` (checked against torch's
+#: sources), so a split of the optimizer's groups can be followed. Exact types only: a subclass
+#: may keep per-group state of its own that a split would leave misaligned.
+_SPLITTABLE = tuple(
+    getattr(torch.optim.lr_scheduler, name)
+    for name in (
+        "LambdaLR",
+        "MultiplicativeLR",
+        "StepLR",
+        "MultiStepLR",
+        "ConstantLR",
+        "LinearLR",
+        "ExponentialLR",
+        "PolynomialLR",
+        "CosineAnnealingLR",
+        "CosineAnnealingWarmRestarts",
+        "CyclicLR",
+        "OneCycleLR",
+        "ReduceLROnPlateau",
+        "SequentialLR",
+        "ChainedScheduler",
+    )
+    if hasattr(torch.optim.lr_scheduler, name)
+)
+#: Per-group lists a scheduler keeps on itself. Learning rates among them are rescaled with the
+#: group; `lr_lambdas` and ReduceLROnPlateau's absolute `min_lrs` are copied from the old group.
+_PER_GROUP = ("base_lrs", "max_lrs", "_last_lr", "lr_lambdas", "min_lrs")
+
+
+def can_split_scheduler(sched: Any) -> bool:
+    """Whether `sched` (and every scheduler inside it) can follow a split of its groups."""
+    return all(type(part) in _SPLITTABLE for part in _scheduler_parts(sched))
+
+
+def _split_scheduler(
+    sched: Any,
+    split: Sequence[tuple[int, float | None]],
+    old_count: int,
+    groups: Sequence[dict[str, Any]],
+) -> None:
+    """Give a scheduler one entry per new group, taken from the old group each came from.
+
+    The base rate of a new group is its `initial_lr` (what LRScheduler takes base rates from),
+    so the rule "group lr = policy rate x scheduler factor" holds from the split on; `max_lrs`
+    (CyclicLR) is scaled like the group's rates, and `_last_lr` is the group's current `lr`.
+    """
+    for part in _scheduler_parts(sched):
+        for attr in _PER_GROUP:
+            values = getattr(part, attr, None)
+            if not isinstance(values, list) or len(values) != old_count:
+                continue
+            new = [values[source] for source, _ in split]
+            if attr == "max_lrs":
+                new = [v if r is None else v * r for v, (_, r) in zip(new, split, strict=True)]
+            elif attr == "base_lrs":
+                new = [
+                    _copy_lr(g["initial_lr"]) if "initial_lr" in g else (v if r is None else v * r)
+                    for v, g, (_, r) in zip(new, groups, split, strict=True)
+                ]
+            elif attr == "_last_lr":
+                new = [_copy_lr(g["lr"]) for g in groups]
+            setattr(part, attr, new)
+
+
+def _copy_lr(value: Any) -> Any:
+    # As torch's schedulers copy group values: a tensor rate is cloned, never shared.
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
 def _scale_scheduler(sched: Any, ratios: dict[int, float]) -> None:
     """Scale the base rates a scheduler keeps on itself, as the groups' rates were scaled."""
     if not ratios:
@@ -466,6 +573,12 @@ def _scale_scheduler(sched: Any, ratios: dict[int, float]) -> None:
             values = getattr(part, attr, None)
             if not isinstance(values, list):
                 continue
-            for index, ratio in ratios.items():
-                if index < len(values):
-                    values[index] = values[index] * ratio
+            # A new list, never scaled in place: a torch scheduler's `state_dict()` shares this
+            # list with the dict it returns (and `load_state_dict()` adopts the caller's), and a
+            # checkpoint held in memory or written in the background must not change with the
+            # rates of the run that goes on.
+            setattr(
+                part,
+                attr,
+                [v * ratios[i] if i in ratios else v for i, v in enumerate(values)],
+            )

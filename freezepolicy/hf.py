@@ -1,0 +1,354 @@
+"""A policy in `transformers.Trainer`: a callback, and `attach` for runs that resume.
+
+```python
+trainer = Trainer(model=model, args=args, train_dataset=train,
+                  callbacks=[FreezePolicyCallback("my.freeze")])
+trainer.train()
+```
+
+or, for a run that may be resumed from a checkpoint (one line instead of the `callbacks=` entry):
+
+```python
+trainer = Trainer(model=model, args=args, train_dataset=train)
+freezepolicy.hf.attach(trainer, "my.freeze")
+trainer.train(resume_from_checkpoint=...)
+```
+
+The callback is a thin adapter over `apply_policy`: it applies the policy at `on_train_begin`, at
+every `on_epoch_begin` and at every `on_step_end` (after the optimizer and scheduler have
+stepped), at the moment given by the Trainer's own counters, to the optimizer and learning-rate
+scheduler the Trainer created. Applies where nothing changes take the apply fast path.
+
+Why `attach` exists: the Trainer loads a checkpoint's optimizer state before any callback runs,
+into an optimizer it built itself (two groups: weight decay / no weight decay). A policy with
+`lr` or `decay` statements splits those groups, so a checkpoint holds more groups than a freshly
+built Trainer optimizer, and `load_state_dict` refuses it. `attach` makes the Trainer build its
+optimizer with the policy's groups from the start, so checkpoints always load. docs/trainer.md
+has the details.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from . import apply as _apply
+from . import optim
+from .api import load
+from .apply import ApplyReport, apply_policy
+from .policy import Policy
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FreezePolicyCallback", "attach", "steps_per_epoch"]
+
+
+def steps_per_epoch(train_dataloader: Any, args: TrainingArguments) -> int | None:
+    """Optimizer steps per epoch, counted as the Trainer counts them (its
+    `num_update_steps_per_epoch`): batches per epoch over gradient accumulation steps, rounded
+    up. None when the dataloader has no length (an IterableDataset)."""
+    try:
+        batches = len(train_dataloader)
+    except TypeError:
+        return None
+    accumulation = max(int(args.gradient_accumulation_steps), 1)
+    return max(batches // accumulation + int(batches % accumulation > 0), 1)
+
+
+class FreezePolicyCallback(TrainerCallback):
+    """Applies a freeze policy during `Trainer.train()`, by epoch and by step.
+
+    - `on_train_begin`: sets the state of the current moment (epoch 0, step 0, or the moment a
+      resumed checkpoint was saved at), shaping the Trainer's optimizer into the policy's groups
+      (each of its weight-decay / no-decay groups split by policy group) and the Trainer's
+      scheduler with it.
+    - `on_epoch_begin`: applies at the new epoch (`at epoch N` statements).
+    - `on_step_end`: applies after each optimizer step (`at step N` statements take effect once
+      N optimizer steps have been taken since the start of training, before the next one).
+
+    `steps_per_epoch` comes from the training dataloader and gradient accumulation, so statements
+    on both clocks are ordered on one timeline. `strict=True` makes a selector that selects
+    nothing an error. `report` is the last ApplyReport; `history` holds one per phase of the
+    current `train()` call: the first apply, then each apply that changed which tensors train
+    (each is also logged at INFO on the logger `freezepolicy.hf`).
+    """
+
+    def __init__(self, policy: Policy | str | os.PathLike[str], strict: bool = False) -> None:
+        # Loaded here, so a bad policy file fails when the Trainer is set up, not mid-run.
+        self.policy = policy if isinstance(policy, Policy) else load(policy)
+        self.strict = strict
+        #: Optimizer steps per epoch of the current run (None: the dataloader has no length).
+        self.steps_per_epoch: int | None = None
+        #: The Trainer's epoch (0-based) as of the last event.
+        self.epoch = 0
+        self.report: ApplyReport | None = None
+        self.history: list[ApplyReport] = []
+        # Set by `attach`: steps per epoch of the dataloader the Trainer made for this run.
+        self._loader_steps: int | None = None
+        self._attached = False
+
+    # --- Trainer events ----------------------------------------------------------------------
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        model, optimizer = _model(kwargs), kwargs.get("optimizer")
+        self.steps_per_epoch = steps_per_epoch(kwargs.get("train_dataloader"), args)
+        # The Trainer's epoch after a resume is global_step // num_update_steps_per_epoch, which
+        # is max_steps when the dataloader has no length.
+        per_epoch = self.steps_per_epoch or state.max_steps
+        self.epoch = state.global_step // per_epoch if per_epoch else 0
+        self.history = []
+        if optimizer is not None:
+            self._check_optimizer(model, optimizer)
+        groups_before = None if optimizer is None else len(optimizer.param_groups)
+        try:
+            self._apply(args, state, **kwargs)
+        except ValueError as error:
+            scheduler = kwargs.get("lr_scheduler")
+            if self._attached or scheduler is None or optim.can_split_scheduler(scheduler):
+                raise
+            # The policy splits the groups, and the Trainer's scheduler cannot follow a split.
+            raise ValueError(
+                f"{error}. With the Trainer: use freezepolicy.hf.attach(trainer, policy), which "
+                f"splits the groups before the Trainer creates its {type(scheduler).__name__}"
+            ) from error
+        if (
+            optimizer is not None
+            and not self._attached
+            and len(optimizer.param_groups) != groups_before
+            and args.save_strategy != "no"
+        ):
+            logger.warning(
+                "%s: the policy split the Trainer's optimizer into %d parameter groups; a "
+                "Trainer builds %d when it resumes, so checkpoints of this run resume only "
+                "with freezepolicy.hf.attach(trainer, policy) before trainer.train()",
+                self.policy.source,
+                len(optimizer.param_groups),
+                groups_before,
+            )
+
+    def on_epoch_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        self._apply(args, state, **kwargs)
+
+    def on_epoch_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        # Counted here rather than derived from global_step: an epoch the Trainer ends early
+        # (control.should_epoch_stop) is still one epoch of its loop.
+        self.epoch += 1
+
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        self._apply(args, state, **kwargs)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _apply(self, args: TrainingArguments, state: TrainerState, **kwargs: Any) -> ApplyReport:
+        model, optimizer = _model(kwargs), kwargs.get("optimizer")
+        report = apply_policy(
+            model,
+            self.policy,
+            optimizer,
+            epoch=self.epoch,
+            step=state.global_step,
+            steps_per_epoch=self.steps_per_epoch,
+            strict=self.strict,
+            scheduler=_scheduler_for(kwargs.get("lr_scheduler"), optimizer),
+        )
+        first = not self.history
+        # A new phase is a change of which tensors train; rate changes (a warm-up moves at every
+        # step) are not, and would flood the log.
+        if first or report.trainable != self.history[-1].trainable:
+            self.history.append(report)
+            if state.is_world_process_zero:
+                logger.info("%s", report)
+                if first:
+                    for warning in report.warnings:
+                        logger.warning("%s", warning)
+        self.report = report
+        return report
+
+    def _check_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse, at the start, a policy that trains tensors the optimizer does not hold.
+
+        The Trainer leaves out every tensor with requires_grad=False when it builds its optimizer,
+        so a tensor frozen before `trainer.train()` and unfrozen by the policy later would never
+        be updated. apply_policy only warns about this at the moment it happens (another
+        optimizer may own such tensors); in a Trainer there is no other optimizer.
+        """
+        missing = _policy_trainable_outside(model, self.policy, optimizer, self.steps_per_epoch)
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise ValueError(
+                f"{self.policy.source}: the policy trains {len(missing)} parameter(s) that are in "
+                f"no group of the Trainer's optimizer ({shown}); they had requires_grad=False "
+                "when it was built. Use freezepolicy.hf.attach(trainer, policy) so the Trainer "
+                "builds its optimizer with them, or build the optimizer with "
+                "freezepolicy.param_groups and pass it as Trainer(optimizers=...)"
+            )
+
+    def __repr__(self) -> str:
+        return f"FreezePolicyCallback(policy={self.policy.source!r}, strict={self.strict})"
+
+
+def _model(kwargs: dict[str, Any]) -> nn.Module:
+    model = kwargs.get("model")
+    if not isinstance(model, nn.Module):  # every Trainer passes it; a hand-driven call might not
+        raise ValueError("FreezePolicyCallback needs the Trainer's model (model=...)")
+    return model
+
+
+def _scheduler_for(scheduler: Any, optimizer: Any) -> Any:
+    """The Trainer's scheduler when it drives this optimizer (LambdaLR for every Hugging Face
+    warm-up schedule), so that it follows the policy's rate changes and group splits."""
+    if optimizer is None or scheduler is None:
+        return None
+    if getattr(scheduler, "optimizer", None) is not optimizer:
+        return None
+    return scheduler
+
+
+def _policy_trainable(model: nn.Module, policy: Policy, per_epoch: int | None) -> list[int]:
+    """Indices (in the binding) of the tensors the policy makes trainable at some moment."""
+    binding = _apply._binding_for(model, policy, per_epoch)
+    out: set[int] = set()
+    for epoch, step in binding.moments:
+        for i, decision in enumerate(binding.merged(epoch, step)):
+            p = binding.params[i]
+            trainable = decision.trainable
+            if trainable is None:  # untouched: as the model had it before freezepolicy
+                trainable = _apply._ORIGINAL.get(p, p.requires_grad)
+            if trainable:
+                out.add(i)
+    return sorted(out)
+
+
+def _policy_trainable_outside(
+    model: nn.Module, policy: Policy, optimizer: torch.optim.Optimizer, per_epoch: int | None
+) -> list[str]:
+    binding = _apply._binding_for(model, policy, per_epoch)
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    return [
+        binding.names[i]
+        for i in _policy_trainable(model, policy, per_epoch)
+        if id(binding.params[i]) not in held
+    ]
+
+
+@contextlib.contextmanager
+def _trainable_for_creation(
+    model: nn.Module, policy: Policy, per_epoch: int | None
+) -> Iterator[None]:
+    """Make every tensor the policy trains at some moment trainable while the Trainer builds its
+    optimizer (it takes only tensors with requires_grad=True), then put requires_grad back."""
+    binding = _apply._binding_for(model, policy, per_epoch)
+    raised = [
+        binding.params[i]
+        for i in _policy_trainable(model, policy, per_epoch)
+        if not binding.params[i].requires_grad
+    ]
+    for p in raised:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in raised:
+            p.requires_grad_(False)
+
+
+def attach(
+    trainer: Any,
+    policy: Policy | str | os.PathLike[str] | FreezePolicyCallback,
+    *,
+    strict: bool = False,
+) -> FreezePolicyCallback:
+    """Apply `policy` during `trainer.train()`, with checkpoints that always resume.
+
+    Adds a FreezePolicyCallback to `trainer` (or uses the one passed, adding it if it is not
+    there yet) and makes the Trainer build its optimizer with the policy's parameter groups:
+    the optimizer is built as the Trainer always builds it (`args.optim`, its weight-decay /
+    no-decay groups), over every tensor that is trainable or that the policy trains at some
+    moment, and split by policy group at once, before the learning-rate scheduler and before a
+    checkpoint's optimizer state is loaded. The number and order of groups is therefore the same
+    in every run of the same model, policy and data, and `trainer.train(resume_from_checkpoint=)`
+    loads the optimizer state of any checkpoint such a run saved.
+
+    Call it after creating the Trainer and before `trainer.train()`. Returns the callback.
+    """
+    if isinstance(policy, FreezePolicyCallback):
+        callback = policy
+    else:
+        callback = FreezePolicyCallback(policy, strict=strict)
+    present = [c for c in trainer.callback_handler.callbacks if isinstance(c, FreezePolicyCallback)]
+    if any(c is not callback for c in present):
+        raise ValueError(
+            "this Trainer already has a FreezePolicyCallback: pass that callback to attach(), "
+            "or leave it out of callbacks= (two policies on one model would undo each other)"
+        )
+    if getattr(trainer.create_optimizer, "_freezepolicy", None) is not None:
+        raise ValueError("freezepolicy.hf.attach was already called on this Trainer")
+    if not present:
+        trainer.add_callback(callback)
+    callback._attached = True
+
+    build_optimizer = trainer.create_optimizer
+    build_loader = trainer.get_train_dataloader
+
+    def get_train_dataloader() -> Any:
+        # The policy's groups can depend on steps per epoch (it orders `at epoch` against `at
+        # step` statements), and the optimizer is built before any callback sees the dataloader.
+        loader = build_loader()
+        callback._loader_steps = steps_per_epoch(loader, trainer.args)
+        return loader
+
+    def create_optimizer(model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if trainer.optimizer is not None:  # the user's own (Trainer(optimizers=...)): as is
+            return build_optimizer(model)
+        target = trainer.model if model is None else model
+        per_epoch = callback._loader_steps
+        with _trainable_for_creation(target, callback.policy, per_epoch):
+            optimizer = build_optimizer(model)
+        # No scheduler exists yet, so the groups can be split freely; the callback sets the
+        # state of the actual moment (after a resume's loading) at on_train_begin.
+        apply_policy(
+            target,
+            callback.policy,
+            optimizer,
+            steps_per_epoch=per_epoch,
+            strict=callback.strict,
+        )
+        return optimizer
+
+    create_optimizer._freezepolicy = callback  # type: ignore[attr-defined]
+    # Instance attributes: they shadow the Trainer's methods for this Trainer only, and the
+    # Trainer calls both through `self.`, so a subclass's own versions are still what runs.
+    trainer.get_train_dataloader = get_train_dataloader
+    trainer.create_optimizer = create_optimizer
+    return callback
