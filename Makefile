@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(BIN)/ruff check freezepolicy tests
+	$(BIN)/mypy freezepolicy
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)

@@ -18,7 +18,9 @@ where nothing changes take the apply fast path (a few microseconds).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from typing import Any
 
 from torch import nn
@@ -94,14 +96,33 @@ class FreezeScheduler:
         return report
 
     def state_dict(self) -> dict[str, Any]:
-        """The position on the timeline, to save in a checkpoint beside the model and optimizer."""
-        return {"epoch": self.epoch, "step": self.global_step, "policy": self.policy.source}
+        """The position on the timeline, to save in a checkpoint beside the model and optimizer,
+        with a digest of the policy's canonical text to notice a policy edited in between."""
+        return {
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "policy": self.policy.source,
+            "policy_sha256": _digest(self.policy),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> ApplyReport:
         """Move to a saved position and apply the policy there (after loading the model and
-        optimizer state dicts): the model then has exactly the state of an uninterrupted run."""
+        optimizer state dicts): the model then has exactly the state of an uninterrupted run.
+
+        `history` starts again with the report at the loaded position. A policy whose statements
+        changed since the checkpoint is applied as it is now, with a warning: the run can no
+        longer match the one that was interrupted (and the optimizer's groups may not either).
+        """
+        saved = state.get("policy_sha256")
+        if saved is not None and saved != _digest(self.policy):
+            warnings.warn(
+                f"the policy {self.policy.source} changed since this checkpoint was saved "
+                f"(from {state.get('policy')}); resuming with the policy as it is now",
+                stacklevel=2,
+            )
         self.epoch = int(state["epoch"])
         self.global_step = int(state["step"])
+        self.history = []
         return self._apply()
 
     def __repr__(self) -> str:
@@ -109,3 +130,10 @@ class FreezeScheduler:
             f"FreezeScheduler(policy={self.policy.source!r}, epoch={self.epoch}, "
             f"step={self.global_step})"
         )
+
+
+def _digest(policy: Policy) -> str:
+    """Digest of the statements (canonical text without comments): layout and comments may
+    change between runs, meaning may not."""
+    text = "\n".join(str(st) for st in policy.statements)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -236,3 +236,26 @@ def test_scheduler_state_round_trip_restores_the_same_state() -> None:
     fs2.load_state_dict(saved)
     assert fresh.fc1.weight.requires_grad and not fresh.fc2.weight.requires_grad
     assert _group_lr(opt2, fresh.fc1.weight) == pytest.approx(lr_at_6)
+
+
+def test_resuming_with_an_edited_policy_warns_and_history_restarts() -> None:
+    model = MLP()
+    policy = freezepolicy.parse("freeze *\nunfreeze out\nunfreeze fc1 at step 3")
+    fs = freezepolicy.FreezeScheduler(model, policy)
+    for _ in range(4):
+        fs.step()
+    saved = fs.state_dict()
+    # Same statements, other layout and comments: no warning, and history restarts at the
+    # loaded position.
+    same = freezepolicy.parse("# comment\nfreeze *;  unfreeze out\nunfreeze fc1 at step 3\n")
+    fs2 = freezepolicy.FreezeScheduler(MLP(), same)
+    import warnings as _warnings
+
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        fs2.load_state_dict(saved)
+    assert [(r.epoch, r.step) for r in fs2.history] == [(0, 4)]
+    edited = freezepolicy.parse("freeze *\nunfreeze out\nunfreeze fc2 at step 3")
+    fs3 = freezepolicy.FreezeScheduler(MLP(), edited)
+    with pytest.warns(UserWarning, match="changed since this checkpoint"):
+        fs3.load_state_dict(saved)
