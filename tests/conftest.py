@@ -36,3 +36,20 @@ def bert_names() -> list[str]:
 def bert_cls_names() -> list[str]:
     """Parameter names of BertForSequenceClassification (bert-base): `bert.` prefix + classifier."""
     return read_names("bert_base_seqcls_names.txt")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module's torch work on one thread, and restore the setting after it.
+
+    The models in the tests are tiny: on two threads that contend for a busy 2-core machine a
+    step can be 10-30x slower than on one. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`; torch is imported here only
+    then, so this conftest stays torch-free for the tests that must run without it.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

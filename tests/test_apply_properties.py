@@ -93,13 +93,8 @@ def policies(selectors: list[str]) -> st.SearchStrategy[str]:
 MOMENTS = st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([0, 4]))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread than on two that contend for a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models train faster on one thread than on two contending for a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,8 @@ STEPS_PER_EPOCH = EXAMPLES // BATCH  # 4
 LR, WD = 5e-3, 0.01
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    # A model this small runs ~30x faster on one thread than on two competing for 2 busy cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models train faster on one thread than on two contending for a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_bert() -> BertForSequenceClassification:

@@ -15,13 +15,8 @@ from freezepolicy import norm
 X = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread than on two that contend for a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models train faster on one thread than on two contending for a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Small(nn.Module):

@@ -17,13 +17,8 @@ from freezepolicy.optim import MARKER, group_lrs
 X = torch.randn(8, 6, generator=torch.Generator().manual_seed(2))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread than on two that contend for a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models train faster on one thread than on two contending for a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class MLP(nn.Module):

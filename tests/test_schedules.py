@@ -14,12 +14,8 @@ from freezepolicy.nodes import Duration, NamePattern, When
 NAMES = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "out.weight", "out.bias"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models train faster on one thread than on two contending for a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trainable(policy: freezepolicy.Policy, **moment) -> set[str]:
