@@ -22,6 +22,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m freezepolicy.demo
 
+# Every benchmark of docs/performance.md (about 5 minutes on 2 cores): prints the table, writes
+# bench/results.json and regenerates docs/performance.md and docs/images/bench_scaling.png.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 lint: $(STAMP)
 	$(BIN)/ruff check freezepolicy tests
 	$(BIN)/freezepolicy lint policies/*.freeze

@@ -32,7 +32,7 @@ from . import norm, optim
 from .api import load
 from .errors import Diagnostic, PolicyResolveError
 from .lint import check_names
-from .modelinfo import inspect_model, unwrap
+from .modelinfo import inspect_model, parameter_ids, unwrap
 from .policy import Decision, Policy, Rate
 from .tied import merge_tied, tied_conflicts
 
@@ -175,6 +175,11 @@ class _Binding:
 
     It holds tensors and strings only (never a module), so the per-model cache that keeps it
     does not keep the model alive.
+
+    Tensors whose names the policy cannot tell apart (the same statements select them, under
+    each of their names) form one *class* and get one decision at every moment, so the work per
+    moment is per class, not per tensor: a mixture-of-experts model with 100k tensors has a few
+    dozen classes.
     """
 
     def __init__(self, policy: Policy, snap: _ModelSnapshot, steps_per_epoch: int | None) -> None:
@@ -182,28 +187,34 @@ class _Binding:
         self.steps_per_epoch = steps_per_epoch
         self.bound = policy.bind(snap.names, snap.module_types)
         self.tied = snap.tied
-        # One entry per tensor, under its first name; tied names grouped with it.
+        # One entry per tensor, under its first name; tied names grouped with it. Tensors whose
+        # names the policy cannot tell apart share a class: the signature of its name, or the
+        # signatures of all its names for a tied tensor (merged when decided).
         self.params: list[torch.Tensor] = []
         self.names: list[str] = []
         self.aliases: list[list[str]] = []
         self.index: dict[int, int] = {}
-        tied_of = {g[0]: g for g in snap.tied}
-        for name in snap.names:
-            p = snap.params[name]
-            if id(p) in self.index:
-                continue
-            self.index[id(p)] = len(self.params)
-            self.params.append(p)
-            self.names.append(name)
-            self.aliases.append(tied_of.get(name, [name]))
-        self.name_index = {n: self.index[id(snap.params[n])] for n in snap.names}
+        #: Class of each tensor.
+        self.tclass: list[int] = []
+        #: For each class, the aliases of its first tensor (the names its decision is merged over).
+        self.class_names: list[list[str]] = []
+        self.class_sigs: list[tuple[int, ...]] = []
+        if snap.tied:
+            self._tied(snap)
+        else:  # every name its own tensor (the usual case): a class per signature
+            self._untied(snap)
         self.elements = [p.numel() for p in self.params]
-        self._merged: dict[tuple[int, ...], list[Decision]] = {}
+        #: requires_grad of every tensor recorded in _ORIGINAL (done at the first apply).
+        self.originals_recorded = False
+        self._class_decisions: dict[tuple[int, ...], list[Decision]] = {}
+        self._merged: tuple[tuple[int, ...], list[Decision]] | None = None
 
         self.moments = self._timeline()
         errors: dict[str, Diagnostic] = {}
-        for epoch, step in self.moments:
-            decisions = self.bound.resolve(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch)
+        for epoch, step in self.moments if snap.tied else ():
+            decisions = self.bound.decisions(
+                epoch=epoch, step=step, steps_per_epoch=steps_per_epoch
+            )
             for d in tied_conflicts(policy, decisions, snap.tied):
                 if d.message in errors:  # the same split, still there at a later moment
                     continue
@@ -219,13 +230,55 @@ class _Binding:
         self.errors = list(errors.values())
         #: Name-level findings (FP201 selects nothing, FP202/FP204 never effective).
         self.diagnostics = [
-            d for d in check_names(policy, snap.names, snap.module_types) if d.code != "FP203"
+            d
+            for d in check_names(policy, snap.names, snap.module_types, bound=self.bound)
+            if d.code != "FP203"
         ]
         self.keys: list[str] = []
         self.timelines: dict[str, tuple[optim.Rates, ...]] = {}
         self.idle: dict[str, Rate | None] = {}
+        self._rule_totals: dict[int, tuple[int, int]] | None = None
         if not self.errors:
             self._group()
+
+    def _untied(self, snap: _ModelSnapshot) -> None:
+        """Tensors and classes when no tensor has several names: a class per signature."""
+        self.names = list(snap.names)
+        self.params = [snap.params[n] for n in self.names]
+        self.index.update((id(p), i) for i, p in enumerate(self.params))
+        self.aliases = [[n] for n in self.names]
+        self.tclass = list(self.bound.signatures)  # aligned with snap.names
+        first = self.bound.first_of_signature()
+        self.class_names = [[self.names[i]] for i in first]
+        self.class_sigs = [(s,) for s in range(len(first))]
+
+    def _tied(self, snap: _ModelSnapshot) -> None:
+        """Tensors and classes when some tensors have several names."""
+        signatures = self.bound.signatures  # aligned with snap.names
+        position = self.bound.position
+        tied_of = {g[0]: g for g in snap.tied}
+        class_of: dict[object, int] = {}
+        for i, name in enumerate(snap.names):
+            p = snap.params[name]
+            if id(p) in self.index:  # a later name of a tied tensor
+                continue
+            self.index[id(p)] = len(self.params)
+            self.params.append(p)
+            self.names.append(name)
+            group = tied_of.get(name)
+            if group is None:
+                names = [name]
+                key: object = signatures[i]
+            else:
+                names = group
+                key = tuple(signatures[position[n]] for n in group)
+            self.aliases.append(names)
+            c = class_of.get(key)
+            if c is None:
+                c = class_of[key] = len(self.class_names)
+                self.class_names.append(names)
+                self.class_sigs.append(key if isinstance(key, tuple) else (key,))
+            self.tclass.append(c)
 
     def _timeline(self) -> list[tuple[int, int]]:
         """Moments that together see every reachable set of active statements.
@@ -242,36 +295,59 @@ class _Binding:
         # The active rules and the progress of warm-ups: equal keys give equal decisions.
         return self.bound.state_key(epoch, step, self.steps_per_epoch)
 
-    def merged(self, epoch: int, step: int) -> list[Decision]:
-        """One decision per tensor at this moment (tied names merged)."""
+    def class_decisions(self, epoch: int, step: int) -> list[Decision]:
+        """One decision per class at this moment (tied names merged)."""
         key = self.order_key(epoch, step)
-        cached = self._merged.get(key)
+        cached = self._class_decisions.get(key)
         if cached is not None:
             return cached
-        decisions = self.bound.resolve(epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch)
+        templates = self.bound.decide_signatures(
+            epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch
+        )
         out: list[Decision] = []
-        for names in self.aliases:
-            if len(names) == 1:
-                out.append(decisions[names[0]])
+        for names, sigs in zip(self.class_names, self.class_sigs, strict=True):
+            if len(sigs) == 1:
+                out.append(templates[sigs[0]])
                 continue
-            merged = merge_tied(decisions, names)
+            merged = merge_tied(dict(zip(names, [templates[s] for s in sigs], strict=True)), names)
             if merged is None:  # only reachable past MAX_MOMENTS: check at the moment itself
+                decisions = self.bound.decisions(
+                    epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch
+                )
                 raise PolicyResolveError(tied_conflicts(self.policy, decisions, [names]))
             out.append(merged)
-        self._merged[key] = out
+        if len(self._class_decisions) > 4096:  # a long warm-up makes a key per step: bound it
+            self._class_decisions.clear()
+        self._class_decisions[key] = out
+        return out
+
+    def merged(self, epoch: int, step: int) -> list[Decision]:
+        """One decision per tensor at this moment (tied names merged).
+
+        Tensors of one class share one Decision object, whose `name` is that of the class's
+        first tensor: read the settings, not the name.
+        """
+        key = self.order_key(epoch, step)
+        if self._merged is not None and self._merged[0] == key:
+            return self._merged[1]
+        per_class = self.class_decisions(epoch, step)
+        out = [per_class[c] for c in self.tclass]
+        self._merged = (key, out)
         return out
 
     def _group(self) -> None:
-        timelines: list[list[optim.Rates]] = [[] for _ in self.params]
+        timelines: list[list[optim.Rates]] = [[] for _ in self.class_names]
         for epoch, step in self.moments:
-            for i, d in enumerate(self.merged(epoch, step)):
-                timelines[i].append((optim._normal(d.lr), optim._normal(d.weight_decay)))
+            for c, d in enumerate(self.class_decisions(epoch, step)):
+                timelines[c].append((optim._normal(d.lr), optim._normal(d.weight_decay)))
+        class_keys = []
         for t in timelines:
             key = optim.timeline_key(t)
-            self.keys.append(key)
+            class_keys.append(key)
             if key not in self.timelines:
                 self.timelines[key] = tuple(t)
                 self.idle[key] = optim.idle_rate(t)
+        self.keys = [class_keys[c] for c in self.tclass]
 
     def groups(self) -> dict[str, list[int]]:
         """Policy group key -> tensor indices, in model order of each group's first tensor."""
@@ -288,6 +364,27 @@ class _Binding:
             if key not in out:
                 out[key] = (optim._normal(d.lr), optim._normal(d.weight_decay))
         return out
+
+    def rule_totals(self) -> dict[int, tuple[int, int]]:
+        """Rule index -> (tensors, elements) it selects; a tensor counts when any of its names
+        is selected, once."""
+        if self._rule_totals is None:
+            tensors = [0] * len(self.class_names)
+            elements = [0] * len(self.class_names)
+            for c, n in zip(self.tclass, self.elements, strict=True):
+                tensors[c] += 1
+                elements[c] += n
+            selects = [0] * len(self.class_names)
+            for c, sigs in enumerate(self.class_sigs):
+                for s in sigs:
+                    selects[c] |= self.bound.signature_rules(s)
+            totals: dict[int, tuple[int, int]] = {}
+            for rule in self.policy.rules:
+                bit = 1 << rule.index
+                hit = [c for c, sel in enumerate(selects) if sel & bit]
+                totals[rule.index] = (sum(tensors[c] for c in hit), sum(elements[c] for c in hit))
+            self._rule_totals = totals
+        return self._rule_totals
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -323,32 +420,25 @@ _OPTIMIZERS: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple] = weakref.W
 _LOADED: dict[tuple[str, int, int], Policy] = {}
 
 
-def _fingerprint(root: nn.Module) -> tuple[int, ...]:
-    """Which parameter objects the model holds, where. Runs at every apply, so it walks the
-    module dicts directly: several times faster than `parameters()` (no generators, no dedup)."""
-    ids: list[int] = []
-    stack = [root]
-    while stack:
-        module = stack.pop()
-        ids.extend(map(id, module._parameters.values()))
-        stack.extend(m for m in module._modules.values() if m is not None)
-    return tuple(ids)
-
-
 def _snapshot(model: nn.Module) -> tuple[nn.Module, _ModelSnapshot]:
     root = unwrap(model)
-    fp = _fingerprint(root)
     snap = _MODELS.get(root)
-    if snap is not None and snap.fingerprint == fp:
+    # Which parameter objects the model holds, where: checked at every apply.
+    if snap is not None and snap.fingerprint == parameter_ids(root):
         return root, snap
     # New model, or its parameters changed (a new head, load_state_dict(assign=True)): look again.
     info = inspect_model(root)
+    # has_running_stats decides; the isinstance test first skips the call for the other
+    # modules (a model can have 100k of them).
+    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
     norms = [
         (path, weakref.ref(m), tuple(id(p) for p in m.parameters(recurse=False)))
         for path, m in info.modules.items()
-        if norm.has_running_stats(m)
+        if isinstance(m, kinds) and norm.has_running_stats(m)
     ]
-    snap = _ModelSnapshot(fp, info.names, info.params, info.tied, dict(info.module_types), norms)
+    snap = _ModelSnapshot(
+        info.fingerprint, info.names, info.params, info.tied, dict(info.module_types), norms
+    )
     _MODELS[root] = snap
     return root, snap
 
@@ -477,9 +567,12 @@ def apply_policy(
         return dataclasses.replace(snap.last_report, epoch=epoch, step=step, changed=False)
 
     decisions = binding.merged(epoch, step)
-    for p in binding.params:
-        if p not in _ORIGINAL:
-            _ORIGINAL[p] = p.requires_grad
+    if not binding.originals_recorded:
+        # The binding holds its tensors, so their entries stay once recorded.
+        record = _ORIGINAL.setdefault  # one weak reference per tensor, not two as with `in`
+        for p in binding.params:
+            record(p, p.requires_grad)
+        binding.originals_recorded = True
     targets = [
         d.trainable if d.trainable is not None else _ORIGINAL[p]
         for d, p in zip(decisions, binding.params, strict=True)
@@ -620,18 +713,11 @@ def _report(
     t_el = sum(e for e, t in zip(binding.elements, targets, strict=True) if t)
     f_el = sum(e for e, t in zip(binding.elements, targets, strict=True) if not t)
     active = {r.index for r in binding.bound.order(epoch, step, binding.steps_per_epoch)}
-    statements = []
-    for rule in policy.rules:
-        tensors = {binding.name_index[binding.bound.names[i]] for i in binding.bound.selected(rule)}
-        statements.append(
-            StatementReport(
-                rule.statement.line,
-                rule.label,
-                len(tensors),
-                sum(binding.elements[i] for i in tensors),
-                rule.index in active,
-            )
-        )
+    totals = binding.rule_totals()
+    statements = [
+        StatementReport(rule.statement.line, rule.label, *totals[rule.index], rule.index in active)
+        for rule in policy.rules
+    ]
     modules = [(path, ref()) for path, ref, _ in snap.norms]
     held = tuple(path for path, m in modules if m is not None and norm.is_held(m))
     groups: list[GroupReport] = []
@@ -650,7 +736,8 @@ def _report(
                     marker.get("key") if isinstance(marker, dict) else None,
                 )
             )
-    per_name = binding.bound.resolve(
+    # Made as they are looked up: most programs read a few, and a model can have 100k.
+    per_name = binding.bound.decisions(
         epoch=epoch, step=step, steps_per_epoch=binding.steps_per_epoch
     )
     warnings = [d.format() for d in binding.diagnostics]

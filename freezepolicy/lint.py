@@ -13,7 +13,7 @@ from functools import lru_cache
 from .api import load, parse
 from .errors import Diagnostic, PolicyError
 from .nodes import Selector, Statement, TypePattern
-from .policy import Policy, selector_matches
+from .policy import BoundPolicy, Policy
 
 #: Problems in the file itself (missing, not text): the CLI exits 2 for these, 1 for the rest.
 FILE_ERROR_CODES = frozenset({"FP001", "FP002", "FP003"})
@@ -94,11 +94,19 @@ def check_names(
     policy: Policy,
     names: Sequence[str],
     module_types: Mapping[str, Collection[str]] | None = None,
+    *,
+    bound: BoundPolicy | None = None,
 ) -> list[Diagnostic]:
     """The checks that need parameter names: selectors that match nothing, and statements that
-    never decide anything because later statements always override them."""
+    never decide anything because later statements always override them.
+
+    `bound` is `policy.bind(names, module_types)` when the caller has it already.
+    """
     out: list[Diagnostic] = []
     names = list(names)
+    if bound is None:
+        bound = policy.bind(names, module_types)
+    suggest = _Suggester(names)
     silent: set[int] = set()  # statements with a selector we cannot evaluate or that is empty
     for index, st in enumerate(policy.statements):
         for sel in st.selection.selectors:
@@ -115,11 +123,10 @@ def check_names(
                 )
                 silent.add(index)
                 continue
-            if not selector_matches(sel, names, module_types):
-                out.append(_diag(policy, "FP201", _nothing_message(sel, st, names), sel))
+            if not bound.matches_anything(sel):
+                out.append(_diag(policy, "FP201", _nothing_message(sel, st, suggest), sel))
                 if sel not in st.selection.exclude:
                     silent.add(index)
-    bound = policy.bind(names, module_types)
     effective = bound.effective_statements()
     for index, st in enumerate(policy.statements):
         if index in effective or index in silent:
@@ -157,17 +164,58 @@ def _head(st: Statement) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _nothing_message(sel: Selector, st: Statement, names: Sequence[str]) -> str:
-    import difflib
-
+def _nothing_message(sel: Selector, st: Statement, suggest: _Suggester) -> str:
     where = "in `except`" if sel in st.selection.exclude else ""
     msg = f"selector `{sel}` {where + ' ' if where else ''}matches no parameter"
     if isinstance(sel, TypePattern):
         return msg
-    # Suggest the closest module path: most mistakes are a misspelled or misnumbered part.
-    candidates = sorted({n.rsplit(".", 1)[0] for n in names} | set(names))
-    close = difflib.get_close_matches(sel.text, candidates, n=1, cutoff=0.6)
-    return msg + (f"; did you mean `{close[0]}`?" if close else "")
+    close = suggest(sel.text)
+    return msg + (f"; did you mean `{close}`?" if close else "")
+
+
+class _Suggester:
+    """The closest module path or name to a selector that matches nothing: most mistakes are a
+    misspelled or misnumbered part. Candidates are built once per check, when first needed."""
+
+    #: Above this many candidates, look among name shapes first (see `__call__`).
+    MANY = 5000
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = names
+        self._candidates: list[str] | None = None
+        self._shapes: dict[str, list[str]] | None = None
+        self._numbered: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def __call__(self, text: str) -> str | None:
+        import difflib
+        import re
+
+        if self._candidates is None:
+            self._candidates = sorted({n.rsplit(".", 1)[0] for n in self.names} | set(self.names))
+        candidates = self._candidates
+        if len(candidates) > self.MANY:
+            # difflib compares candidates one by one: seconds for the 150k of a model with 100k
+            # tensors. Names differ mostly in their numbers, so find the closest shapes (numbers
+            # made 0) first, then the closest name among a bounded number of each of them.
+            # The name of each shape with the selector's own numbers goes first in line.
+            digits = re.compile(r"[0-9]+")
+            if self._shapes is None:
+                self._shapes, self._numbered = {}, {}
+                for c in candidates:
+                    shape = digits.sub("0", c)
+                    self._shapes.setdefault(shape, []).append(c)
+                    numbers = tuple(digits.findall(c))
+                    for i in range(len(numbers) + 1):  # by every prefix of its numbers
+                        self._numbered.setdefault((shape, numbers[:i]), c)
+            best = difflib.get_close_matches(digits.sub("0", text), list(self._shapes), 3, 0.6)
+            numbers = tuple(digits.findall(text))
+            candidates = []
+            for shape in best:
+                same = self._numbered.get((shape, numbers[: shape.count("0")]))
+                candidates += [same] if same else []
+                candidates += self._shapes[shape][: self.MANY // 3]
+        close = difflib.get_close_matches(text, candidates, n=1, cutoff=0.6)
+        return close[0] if close else None
 
 
 def _blocked_by_lr_zero(bound, rule) -> Statement | None:
@@ -177,7 +225,7 @@ def _blocked_by_lr_zero(bound, rule) -> Statement | None:
     for epoch, step in bound.moments():
         if rule not in bound.order(epoch, step):
             continue
-        decisions = bound.resolve(epoch=epoch, step=step)
+        decisions = bound.decisions(epoch=epoch, step=step)
         for i in bound.selected(rule):
             d = decisions[bound.names[i]]
             if d.lr is not None and d.lr.is_zero and d.lr_by is not None:
@@ -219,7 +267,7 @@ def _tied_conflicts_over_time(policy: Policy, model: ModelNames) -> list[Diagnos
     out: list[Diagnostic] = []
     seen: set[str] = set()
     for epoch, step in bound.moments():
-        for d in tied_conflicts(policy, bound.resolve(epoch=epoch, step=step), model.tied):
+        for d in tied_conflicts(policy, bound.decisions(epoch=epoch, step=step), model.tied):
             if d.message in seen:  # the same split, still there at a later moment
                 continue
             seen.add(d.message)

@@ -6,14 +6,21 @@ Pure Python: nothing here imports torch, so `lint` and `show --names` stay fast.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import Diagnostic, PolicyResolveError
 from .nodes import Comment, NamePattern, Selector, Statement, TypePattern, When
-from .patterns import compile_name_pattern, compile_type_pattern
+from .patterns import (
+    PatternError,
+    _Part,
+    _split_parts,
+    compile_name_pattern,
+    compile_type_pattern,
+)
 
 #: Lint checks every combination of event times up to this many moments.
 MAX_LINT_MOMENTS = 400
@@ -90,14 +97,13 @@ def _time_key(when: When | None, steps_per_epoch: int | None) -> tuple[int, int]
 class Rule:
     """One group of a statement compiled: a regex for its name patterns, globs for its type
     selectors, and when it starts. A plain statement is one rule; `a then b then c ... every
-    2 epochs` is one rule per group, each starting `every` later than the one before."""
+    2 epochs` is one rule per group, each starting `every` later than the one before.
+
+    The regexes are compiled when first used: binding matches names with `_PartMatcher`, so
+    parsing a policy (lint, fmt) never pays for them."""
 
     index: int
     statement: Statement
-    include: re.Pattern[str] | None
-    include_types: tuple[re.Pattern[str], ...]
-    exclude: re.Pattern[str] | None
-    exclude_types: tuple[re.Pattern[str], ...]
     #: Position of the statement in the policy, and of this rule's group in the statement.
     statement_index: int = 0
     group: int = 0
@@ -106,17 +112,41 @@ class Rule:
 
     @classmethod
     def compile_statement(cls, first_index: int, statement_index: int, st: Statement) -> list[Rule]:
-        exc, exc_t = _compile_selectors(st.selection.exclude)
         rules = []
-        for group, selectors in enumerate(st.selection.groups):
-            inc, inc_t = _compile_selectors(selectors)
+        for group in range(len(st.selection.groups)):
             start = st.when
             if group and st.every is not None:
                 base = st.when or When(st.every.clock, 0)
                 start = When(base.clock, base.at + group * st.every.count, base.span)
             index = first_index + group
-            rules.append(cls(index, st, inc, inc_t, exc, exc_t, statement_index, group, start))
+            rules.append(cls(index, st, statement_index, group, start))
         return rules
+
+    @functools.cached_property
+    def _include(self) -> tuple[re.Pattern[str] | None, tuple[re.Pattern[str], ...]]:
+        return _compile_selectors(self.statement.selection.groups[self.group])
+
+    @functools.cached_property
+    def _exclude(self) -> tuple[re.Pattern[str] | None, tuple[re.Pattern[str], ...]]:
+        return _compile_selectors(self.statement.selection.exclude)
+
+    @property
+    def include(self) -> re.Pattern[str] | None:
+        """One regex for the name selectors of this group (None without any)."""
+        return self._include[0]
+
+    @property
+    def include_types(self) -> tuple[re.Pattern[str], ...]:
+        return self._include[1]
+
+    @property
+    def exclude(self) -> re.Pattern[str] | None:
+        """One regex for the name selectors of `except` (None without any)."""
+        return self._exclude[0]
+
+    @property
+    def exclude_types(self) -> tuple[re.Pattern[str], ...]:
+        return self._exclude[1]
 
     @property
     def label(self) -> str:
@@ -190,6 +220,8 @@ def _compile_selectors(
         return None, types
     # Duplicates are dropped first: a selector listed twice must not make the regex twice as big.
     unique = dict.fromkeys((s.text, s.anchored) for s in names)
+    if len(unique) == 1:  # the parser compiled it already: take it from the cache
+        return compile_name_pattern(*next(iter(unique))), types
     combined = "|".join(compile_name_pattern(t, a).pattern for t, a in unique)
     return re.compile(combined), types
 
@@ -225,6 +257,167 @@ def selector_matches(
     if module_types is None:
         return []
     return [n for n in names if any(glob.fullmatch(c) for c in module_types.get(n, ()))]
+
+
+class _PartMatcher:
+    """Every name selector of a policy, matched against a name one part at a time.
+
+    Searching each selector's regex in each name costs names x selectors regex searches, which
+    is most of the time of binding a policy to a model with 100k tensors. Names share their
+    parts (`model`, `layers`, `17`, `experts`, `weight`), so here a name is walked through a small
+    automaton whose states say how far each selector has come, and each transition is computed
+    once per (state, part) and then looked up: a name costs one dictionary lookup per part.
+
+    Exactly as the regexes of patterns.py decide: a selector's regex is its parts' regexes
+    joined by dots, each part's regex never matches a `.`, and a match must start and end at
+    part boundaries, so the regex matches a name iff consecutive parts of the name fullmatch
+    the part regexes in order (a `**` part letting any number of non-empty parts pass). The part
+    regexes are the very ones the full regex is built from (`_Part.translate`).
+    """
+
+    def __init__(self, patterns: Sequence[tuple[str, bool]]) -> None:
+        self._floating: list[tuple[int, int]] = []
+        self._starts: dict[str, list[tuple[int, int]]] = {}
+        self._parts: list[tuple[re.Pattern[str], ...]] = []
+        self._gaps: list[frozenset[int]] = []  # i: a `**` lets parts pass before part i
+        anchored_list = []
+        for text, anchored in patterns:
+            parts: list[re.Pattern[str]] = []
+            gaps: set[int] = set()
+            pending = False
+            first_text = None
+            for part, offset in _split_parts(text):
+                if part == "**":
+                    pending = True
+                    continue
+                if pending:
+                    gaps.add(len(parts))
+                if not parts:
+                    first_text = part
+                parts.append(_part_regex(part, offset))
+                pending = False
+            if not parts:  # only `**`: the regex is one whole part, so every name matches
+                parts.append(re.compile(r"[^.]+"))
+            if not anchored:
+                gaps.discard(0)  # a floating pattern starts at every boundary anyway
+            self._parts.append(tuple(parts))
+            self._gaps.append(frozenset(gaps))
+            anchored_list.append(anchored)
+            if not anchored:
+                # Unanchored patterns start again at every part boundary; one whose first part
+                # is plain text can only start at a part equal to it.
+                if first_text is not None and not any(c in first_text for c in "*?[]{}."):
+                    self._starts.setdefault(first_text, []).append((len(self._parts) - 1, 0))
+                else:
+                    self._floating.append((len(self._parts) - 1, 0))
+        self._states: list[tuple[frozenset[tuple[int, int]], int]] = []
+        self._ids: dict[tuple[frozenset[tuple[int, int]], int], int] = {}
+        self._next: list[dict[str, int]] = []
+        root = frozenset((p, 0) for p, a in enumerate(anchored_list) if a)
+        self._root = self._state(root, 0)
+
+    def _state(self, live: frozenset[tuple[int, int]], matched: int) -> int:
+        key = (live, matched)
+        sid = self._ids.get(key)
+        if sid is None:
+            sid = self._ids[key] = len(self._states)
+            self._states.append(key)
+            self._next.append({})
+        return sid
+
+    def _step(self, sid: int, part: str) -> int:
+        live, matched = self._states[sid]
+        after: set[tuple[int, int]] = set()
+        for p, i in itertools.chain(live, self._floating, self._starts.get(part, ())):
+            if matched >> p & 1:
+                continue  # matched higher up: the whole subtree is selected
+            if part and i in self._gaps[p]:  # `(?:[^.]+\.)*`: only non-empty parts pass
+                after.add((p, i))
+            parts = self._parts[p]
+            if parts[i].fullmatch(part):
+                if i + 1 == len(parts):
+                    matched |= 1 << p
+                else:
+                    after.add((p, i + 1))
+        nxt = self._state(frozenset(x for x in after if not matched >> x[0] & 1), matched)
+        self._next[sid][part] = nxt
+        return nxt
+
+    def bits(self, name: str) -> int:
+        """Bit p is set when pattern p matches `name`."""
+        sid = self._root
+        following = self._next
+        for part in name.split("."):
+            nxt = following[sid].get(part)
+            sid = self._step(sid, part) if nxt is None else nxt
+        return self._states[sid][1]
+
+
+def _part_regex(part: str, offset: int) -> re.Pattern[str]:
+    """The compiled regex of one part of a name pattern (to fullmatch one part of a name)."""
+    try:
+        return _part_regex_cached(part)
+    except PatternError:
+        _Part(part, offset).translate()  # raises the error located in the whole pattern
+        raise
+
+
+@functools.lru_cache(maxsize=8192)
+def _part_regex_cached(part: str) -> re.Pattern[str]:
+    return re.compile(_Part(part, 0).translate())
+
+
+def _renamed(d: Decision, name: str) -> Decision:
+    """`d` for another name. Cheaper than dataclasses.replace, which matters 100k times over."""
+    return Decision(
+        name,
+        d.trainable,
+        d.lr,
+        d.weight_decay,
+        d.trainable_by,
+        d.lr_by,
+        d.decay_by,
+        d.stats,
+        d.stats_by,
+        d.warmup,
+    )
+
+
+class DecisionView(Mapping[str, Decision]):
+    """The decisions for every name at one moment, each made when first looked up.
+
+    Names the policy cannot tell apart (the same statements select them) share one decision, so
+    a model with 100k tensors has a few dozen distinct ones; making 100k objects at every moment
+    is what made binding large models slow. Read-only; `dict(view)` makes them all.
+    """
+
+    __slots__ = ("_bound", "_templates", "_made")
+
+    def __init__(self, bound: BoundPolicy, templates: Sequence[Decision]) -> None:
+        self._bound = bound
+        self._templates = templates
+        self._made: dict[str, Decision] = {}
+
+    def __getitem__(self, name: str) -> Decision:
+        d = self._made.get(name)
+        if d is None:
+            bound = self._bound
+            template = self._templates[bound.signatures[bound.position[name]]]
+            d = template if template.name == name else _renamed(template, name)
+            self._made[name] = d
+        return d
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._bound.position
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._bound.position)
+
+    def __len__(self) -> int:
+        return len(self._bound.position)
+
+    def __repr__(self) -> str:
+        return f"DecisionView({len(self)} names)"
 
 
 @dataclass
@@ -298,7 +491,13 @@ class Policy:
 
 
 class BoundPolicy:
-    """A policy together with the parameter names it decides over."""
+    """A policy together with the parameter names it decides over.
+
+    Names are classified once: two names selected by the same statements (their *signature*)
+    get the same decision at every moment, so decisions are made once per signature and given
+    to names only when asked for. Binding and resolving therefore cost one short walk per name
+    (see `_PartMatcher`) plus work per signature, which stays small for any real model.
+    """
 
     def __init__(
         self,
@@ -311,14 +510,140 @@ class BoundPolicy:
         self.module_types = module_types
         self._statement_index = {id(r.statement): r.statement_index for r in policy.rules}
         self._selected: dict[int, frozenset[int]] = {}
-        self._resolved: dict[tuple, dict[str, Decision]] = {}
+        self._templates: dict[tuple, list[Decision]] = {}
+        self._last_resolved: tuple[tuple, dict[str, Decision]] | None = None
         self._warming = [r for r in policy.rules if r.statement.warmup is not None]
+        self._signatures: list[int] | None = None
+        self._position: dict[str, int] | None = None
+
+    # --- classification ------------------------------------------------------------------------
+
+    @property
+    def position(self) -> dict[str, int]:
+        """Name -> index of its first occurrence in `names`."""
+        if self._position is None:
+            position: dict[str, int] = {}
+            for i, name in enumerate(self.names):
+                position.setdefault(name, i)
+            self._position = position
+        return self._position
+
+    @property
+    def signatures(self) -> list[int]:
+        """For each name (by index), its signature: names with equal signatures are selected by
+        the same rules. Signatures are numbered 0, 1, ... in order of their first name."""
+        if self._signatures is None:
+            self._classify()
+        assert self._signatures is not None
+        return self._signatures
+
+    def _classify(self) -> None:
+        rules = self.policy.rules
+        name_ids: dict[tuple[str, bool], int] = {}
+        type_ids: dict[str, int] = {}
+
+        def masks(selectors: Iterable[Selector]) -> tuple[int, int]:
+            names_mask = types_mask = 0
+            for s in selectors:
+                if isinstance(s, NamePattern):
+                    names_mask |= 1 << name_ids.setdefault((s.text, s.anchored), len(name_ids))
+                else:
+                    types_mask |= 1 << type_ids.setdefault(s.text, len(type_ids))
+            return names_mask, types_mask
+
+        rule_masks = []
+        for r in rules:
+            selection = r.statement.selection
+            rule_masks.append((masks(selection.groups[r.group]), masks(selection.exclude)))
+        matcher = _PartMatcher(list(name_ids))
+        type_globs = [compile_type_pattern(t) for t in type_ids]
+        module_types = self.module_types if type_globs else None
+        type_bits: dict[frozenset[str] | tuple[str, ...], int] = {}
+        searches: list[re.Pattern[str]] | None = None
+
+        key_of: dict[tuple[int, int], int] = {}
+        signatures: list[int] = []
+        keys: list[tuple[int, int]] = []
+        bits = matcher.bits
+        for name in self.names:
+            if "\n" in name:  # `$` also matches before a final newline: let the regexes decide
+                if searches is None:
+                    searches = [compile_name_pattern(t, a) for t, a in name_ids]
+                nb = sum(1 << p for p, rx in enumerate(searches) if rx.search(name))
+            else:
+                nb = bits(name)
+            tb = 0
+            if module_types is not None:
+                classes = module_types.get(name, ())
+                hashable = classes if isinstance(classes, frozenset) else tuple(classes)
+                tb_known = type_bits.get(hashable)
+                if tb_known is None:
+                    tb_known = type_bits[hashable] = sum(
+                        1 << q
+                        for q, glob in enumerate(type_globs)
+                        if any(glob.fullmatch(c) for c in classes)
+                    )
+                tb = tb_known
+            key = (nb, tb)
+            sig = key_of.get(key)
+            if sig is None:
+                sig = key_of[key] = len(keys)
+                keys.append(key)
+            signatures.append(sig)
+
+        # Which rules select each signature (a bit per rule index), and which names it holds.
+        self._sig_rules: list[int] = []
+        self._name_bits = self._type_bits = 0
+        for nb, tb in keys:
+            self._name_bits |= nb
+            self._type_bits |= tb
+            selected = 0
+            for r, ((inc_n, inc_t), (exc_n, exc_t)) in zip(rules, rule_masks, strict=True):
+                if (nb & inc_n or tb & inc_t) and not (nb & exc_n or tb & exc_t):
+                    selected |= 1 << r.index
+            self._sig_rules.append(selected)
+        self._members: list[list[int]] = [[] for _ in keys]
+        for i, sig in enumerate(signatures):
+            self._members[sig].append(i)
+        self._name_bit = {k: 1 << v for k, v in name_ids.items()}
+        self._type_bit = {k: 1 << v for k, v in type_ids.items()}
+        self._signatures = signatures
+
+    def first_of_signature(self) -> list[int]:
+        """For each signature, the index of its first name."""
+        self.signatures  # noqa: B018 - classify on first use
+        return [members[0] for members in self._members]
+
+    def signature_rules(self, signature: int) -> int:
+        """The rules that select the names of `signature`, as a bit per rule index."""
+        self.signatures  # noqa: B018 - classify on first use
+        return self._sig_rules[signature]
+
+    def matches_anything(self, selector: Selector) -> bool:
+        """Whether `selector` (one of this policy's) selects some name on its own."""
+        self.signatures  # noqa: B018 - classify on first use
+        if isinstance(selector, NamePattern):
+            bit = self._name_bit.get((selector.text, selector.anchored))
+            return bit is not None and bool(self._name_bits & bit)
+        if self.module_types is None:
+            return False
+        bit = self._type_bit.get(selector.text)
+        return bit is not None and bool(self._type_bits & bit)
 
     def selected(self, rule: Rule) -> frozenset[int]:
+        """Indices of the names `rule` selects (its `except` already removed)."""
         hit = self._selected.get(rule.index)
         if hit is None:
-            hit = self._selected[rule.index] = rule.selected(self.names, self.module_types)
+            self.signatures  # noqa: B018 - classify on first use
+            bit = 1 << rule.index
+            hit = self._selected[rule.index] = frozenset(
+                itertools.chain.from_iterable(
+                    m for m, sel in zip(self._members, self._sig_rules, strict=True) if sel & bit
+                )
+            )
         return hit
+
+    # --- moments -------------------------------------------------------------------------------
 
     def order(self, epoch: int, step: int, steps_per_epoch: int | None = None) -> list[Rule]:
         """The rules whose time has come, in the order they apply."""
@@ -339,11 +664,12 @@ class BoundPolicy:
         )
         return (order, factors)
 
-    def resolve(
+    def decide_signatures(
         self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
-    ) -> dict[str, Decision]:
+    ) -> list[Decision]:
+        """One decision per signature at (epoch, step): the decision of its first name."""
         key = self.state_key(epoch, step, steps_per_epoch)
-        cached = self._resolved.get(key)
+        cached = self._templates.get(key)
         if cached is None:
             order = self.order(epoch, step, steps_per_epoch)
             factors = {
@@ -351,11 +677,35 @@ class BoundPolicy:
                 for r in order
                 if r.statement.warmup is not None
             }
-            if len(self._resolved) > 4096:  # a long warm-up makes a key per step: bound it
-                self._resolved.clear()
-            cached = self._resolved[key] = self._decide(order, factors)
+            if len(self._templates) > 4096:  # a long warm-up makes a key per step: bound it
+                self._templates.clear()
+            cached = self._templates[key] = self._decide(order, factors)
+        return cached
+
+    def decisions(
+        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+    ) -> DecisionView:
+        """The decisions at (epoch, step) as a read-only mapping, made as they are looked up."""
+        templates = self.decide_signatures(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch)
+        return DecisionView(self, templates)
+
+    def resolve(
+        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+    ) -> dict[str, Decision]:
+        key = self.state_key(epoch, step, steps_per_epoch)
+        last = self._last_resolved
+        if last is None or last[0] != key:
+            templates = self.decide_signatures(
+                epoch=epoch, step=step, steps_per_epoch=steps_per_epoch
+            )
+            signatures = self.signatures
+            out: dict[str, Decision] = {}
+            for name, i in self.position.items():
+                d = templates[signatures[i]]
+                out[name] = d if d.name == name else _renamed(d, name)
+            last = self._last_resolved = (key, out)
         # A copy: the cache must not change when a caller edits the dict it was given.
-        return dict(cached)
+        return dict(last[1])
 
     def _factor(self, rule: Rule, epoch: int, step: int, steps_per_epoch: int | None) -> float:
         try:
@@ -367,27 +717,24 @@ class BoundPolicy:
             where = dataclasses.replace(d, path=self.policy.source, source_line=source)
             raise PolicyResolveError(where) from None
 
-    def _decide(self, order: list[Rule], factors: Mapping[int, float]) -> dict[str, Decision]:
-        n = len(self.names)
-        deciders: dict[str, list[Rule | None]] = {
-            "trainable": [None] * n,
-            "lr": [None] * n,
-            "decay": [None] * n,
-            "stats": [None] * n,
-        }
-        for rule in order:
-            hit = self.selected(rule)
-            for setting in rule.writes:
-                slots = deciders[setting]
-                for i in hit:
-                    slots[i] = rule
-        out: dict[str, Decision] = {}
-        for i, name in enumerate(self.names):
-            t_rule, lr_rule, wd_rule = (
-                deciders["trainable"][i],
-                deciders["lr"][i],
-                deciders["decay"][i],
-            )
+    def _decide(self, order: list[Rule], factors: Mapping[int, float]) -> list[Decision]:
+        """One decision per signature, for the rules of `order` applied in that order."""
+        self.signatures  # noqa: B018 - classify on first use
+        out: list[Decision] = []
+        for sig, selected in enumerate(self._sig_rules):
+            t_rule = lr_rule = wd_rule = s_rule = None
+            for rule in order:  # the last applied statement that selects a name decides
+                if not selected >> rule.index & 1:
+                    continue
+                action = rule.statement.action
+                if action in ("freeze", "unfreeze"):
+                    t_rule = rule
+                elif action == "lr":
+                    lr_rule = rule
+                elif action == "stats":
+                    s_rule = rule
+                else:
+                    wd_rule = rule
             lr = _rate(lr_rule)
             wd = _rate(wd_rule)
             # A warm-up under way (of the `unfreeze` that made the parameter trainable, or of
@@ -411,18 +758,19 @@ class BoundPolicy:
                 t_by = t_rule
             else:
                 trainable, t_by = None, None
-            s_rule = deciders["stats"][i]
-            out[name] = Decision(
-                name,
-                trainable,
-                lr,
-                wd,
-                t_by.statement if t_by else None,
-                lr_rule.statement if lr_rule else None,
-                wd_rule.statement if wd_rule else None,
-                s_rule.statement.mode == "update" if s_rule else None,
-                s_rule.statement if s_rule else None,
-                ramp if ramp < 1.0 else None,
+            out.append(
+                Decision(
+                    self.names[self._members[sig][0]],
+                    trainable,
+                    lr,
+                    wd,
+                    t_by.statement if t_by else None,
+                    lr_rule.statement if lr_rule else None,
+                    wd_rule.statement if wd_rule else None,
+                    s_rule.statement.mode == "update" if s_rule else None,
+                    s_rule.statement if s_rule else None,
+                    ramp if ramp < 1.0 else None,
+                )
             )
         return out
 
@@ -441,15 +789,15 @@ class BoundPolicy:
         """Indices of the statements that decide some setting of some name at some moment."""
         used: set[int] = set()
         for epoch, step in self.moments():
-            for d in self._resolve_ignoring_warmup(epoch, step).values():
+            for d in self._resolve_ignoring_warmup(epoch, step):
                 for st in (d.trainable_by, d.lr_by, d.decay_by, d.stats_by):
                     if st is not None:
                         used.add(self._statement_index[id(st)])
         return used
 
-    def _resolve_ignoring_warmup(self, epoch: int, step: int) -> dict[str, Decision]:
-        """Who decides what at a moment; warm-up progress does not change who decides, and
-        needs no `steps_per_epoch` here."""
+    def _resolve_ignoring_warmup(self, epoch: int, step: int) -> list[Decision]:
+        """Who decides what at a moment (one decision per signature); warm-up progress does not
+        change who decides, and needs no `steps_per_epoch` here."""
         return self._decide(self.order(epoch, step), {})
 
 
