@@ -26,7 +26,7 @@ from .nodes import (
     Value,
     When,
 )
-from .patterns import PatternError, compile_name_pattern, compile_type_pattern
+from .patterns import PatternError, compile_type_pattern, name_pattern_regex
 
 #: Report at most this many problems per file; one more line says the rest were not shown.
 MAX_ERRORS = 20
@@ -573,7 +573,8 @@ class _AstBuilder(Transformer):
                 ),
             )
         try:
-            compile_name_pattern(body, anchored)
+            # Translating the pattern finds every error; compiling waits until it is matched.
+            name_pattern_regex(body)
         except PatternError as exc:
             return node, (_pattern_problem(exc, span, 1 if anchored else 0),)
         return node, ()
