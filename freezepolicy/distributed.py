@@ -73,8 +73,8 @@ class _Wrappers:
         return bool(self.ddp or self.fsdp2 or self.fsdp1)
 
 
-#: Inner module -> the DDP a heap scan found around it (weakly: neither keeps the other alive).
-_OUTER: weakref.WeakKeyDictionary[nn.Module, weakref.ref] = weakref.WeakKeyDictionary()
+#: Inner module -> the DDPs a heap scan found around it (weakly: neither keeps the other alive).
+_OUTER: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, ...]] = weakref.WeakKeyDictionary()
 
 
 def _ddp_class() -> Any:
@@ -103,31 +103,59 @@ def _contains(outer: nn.Module, inner: nn.Module) -> bool:
     return any(m is inner for m in outer.modules())
 
 
-def _scan_for_ddp(root: nn.Module) -> Any:
-    """A live DistributedDataParallel whose module contains `root`, found by a heap scan.
-
-    Only reached when the caller passed a module with no DDP or FSDP in or around it while a
-    process group is up. A module holds no reference to the DDP around it, so the only way to
-    find one is to look at live objects (about 0.1 s with a large library loaded). A hit is
-    cached per module, so the scan runs again only while no DDP is found.
-    """
-    ref = _OUTER.get(root)
-    ddp = ref() if ref is not None else None
-    if ddp is not None and _contains(ddp.module, root):
-        return ddp
+def _ddps_around(root: nn.Module) -> list[Any]:
+    """Every DistributedDataParallel among the objects the garbage collector tracks whose module
+    contains `root`, in heap order (which is not the same on every rank)."""
     ddp_cls = _ddp_class()
+    found = []
     for obj in gc.get_objects():
         # The MRO test, not isinstance: DDP's bases include an ABC, whose isinstance is slow.
         if ddp_cls not in type(obj).__mro__:
             continue
         inner = getattr(obj, "module", None)  # None while a DDP is being constructed
         if isinstance(inner, nn.Module) and _contains(inner, root):
-            _OUTER[root] = weakref.ref(obj)
-            return obj
-    return None
+            found.append(obj)
+    return found
 
 
-def _find(model: nn.Module) -> _Wrappers:
+def _scan_for_ddp(root: nn.Module, *, fresh: bool) -> list[Any]:
+    """Every live DistributedDataParallel whose module contains `root`, found by a heap scan.
+
+    Only reached when the caller passed a module with no DDP or FSDP in or around it while a
+    process group is up. A module holds no reference to the DDP around it, so the only way to
+    find one is to look at live objects (about 0.1 s with a large library loaded). The result is
+    remembered per module and reused unless `fresh`: check_apply asks for a fresh scan whenever
+    the apply changes requires_grad, so a wrapper built since the last scan (a second
+    `trainer.train()` wraps the module again; so does the FP206 workaround) is followed too,
+    instead of only the one found first.
+
+    All wrappers are returned, never just the first one met: the heap order differs between
+    ranks (it follows each process's garbage-collection history), so "the first" could be a
+    different wrapper on each rank, and the ranks would then rebuild different reducers and
+    issue different collectives. A wrapper the program dropped can linger in a reference cycle
+    until the collector runs, which also happens at different moments on different ranks; when
+    more than one wrapper is found, a collection first makes every rank see the same set.
+    """
+    if not fresh:
+        cached = [r() for r in _OUTER.get(root, ())]
+        live = [d for d in cached if d is not None and _contains(d.module, root)]
+        if live:
+            return live
+    found = _ddps_around(root)
+    if len(found) > 1:
+        found.clear()  # hold no reference while collecting: a dropped wrapper must go
+        gc.collect()
+        found = _ddps_around(root)
+    if found:
+        _OUTER[root] = tuple(weakref.ref(d) for d in found)
+    else:
+        _OUTER.pop(root, None)
+    return found
+
+
+def _find(model: nn.Module, *, fresh: bool = True) -> _Wrappers:
+    """The wrappers in and around `model`. `fresh=False` lets a heap scan (see `_scan_for_ddp`)
+    reuse what it found before."""
     root, ddps = _peel(model)
     out = _Wrappers(ddp=list(ddps))
     ddp_cls = _ddp_class()
@@ -148,9 +176,7 @@ def _find(model: nn.Module) -> _Wrappers:
     if fsdp1_cls is not None and isinstance(model, fsdp1_cls) and model not in out.fsdp1:
         out.fsdp1.append(model)
     if not out:
-        outer = _scan_for_ddp(root)
-        if outer is not None:
-            out.ddp.append(outer)
+        out.ddp.extend(_scan_for_ddp(root, fresh=fresh))
     return out
 
 
@@ -345,12 +371,43 @@ def _digest(mask: Sequence[bool]) -> int:
 
 def _ranks_agree(mask: Sequence[bool], group: Any, device: torch.device) -> bool:
     """Whether every rank of `group` holds the same mask: one all-reduce (MAX) of [h, -h]."""
+    return _ranks_agree_on(_digest(mask), group, device)
+
+
+def _ranks_agree_on(h: int, group: Any, device: torch.device) -> bool:
+    """Whether every rank of `group` holds the same digest `h` (one all-reduce)."""
     import torch.distributed as dist
 
-    h = _digest(mask)
     t = torch.tensor([h, -h], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return int(t[0]) == -int(t[1])  # max(h) == min(h)
+
+
+def _ddps_agree(changes: Sequence[tuple[Any, tuple[bool, ...]]]) -> bool:
+    """Whether every rank is about to make the same DDP changes: `changes` holds (DDP, mask it
+    is about to get) for each DDP whose synchronized set changes.
+
+    One all-reduce per process group, groups in the order of their names, each over the masks of
+    that group's DDPs as a multiset. Nothing depends on the order the DDPs come in: when the
+    inner module is passed, they come from a heap scan, whose order differs between ranks, and
+    one all-reduce per DDP in that order could pair one rank's all-reduce with another's for a
+    different wrapper.
+    """
+    by_group: dict[str, tuple[Any, torch.device, list[int]]] = {}
+    for ddp, mask in changes:
+        group = ddp.process_group
+        key = str(getattr(group, "group_name", id(group)))
+        by_group.setdefault(key, (group, _ddp_device(ddp), []))[2].append(_digest(mask))
+    for key in sorted(by_group):
+        group, device, digests = by_group[key]
+        if len(digests) == 1:
+            h = digests[0]  # the digest a single DDP has always used
+        else:
+            data = b"".join(d.to_bytes(7, "big") for d in sorted(digests))
+            h = int.from_bytes(hashlib.blake2b(data, digest_size=7).digest(), "big")
+        if not _ranks_agree_on(h, group, device):
+            return False
+    return True
 
 
 def _ddp_device(ddp: Any) -> torch.device:
@@ -413,7 +470,10 @@ def check_apply(
         return None
     planned = {id(p): bool(t) for p, t in zip(params, targets, strict=True)}
     changing = any(p.requires_grad != bool(t) for p, t in zip(params, targets, strict=True))
-    wrappers = _find(model)
+    # A wrapper found by a heap scan is looked for again whenever the trainable set changes: one
+    # built since the last scan was built for the flags of that moment and needs nothing until
+    # the next change.
+    wrappers = _find(model, fresh=changing)
     plan = SyncPlan([weakref.ref(d) for d in wrappers.ddp])
 
     if wrappers.fsdp1 and changing:
@@ -425,8 +485,8 @@ def check_apply(
             "FSDP2 (torch.distributed.fsdp.fully_shard)",
         )
 
-    if wrappers.fsdp2 and changing:
-        managed = _fsdp2_managed(wrappers.fsdp2)
+    managed = _fsdp2_managed(wrappers.fsdp2) if wrappers.fsdp2 and changing else []
+    if managed:
         unsharded = [name for name, _p, state in managed if state != "SHARDED"]
         if unsharded:
             raise _fail(
@@ -436,11 +496,10 @@ def check_apply(
                 "call apply_policy between steps while the model is sharded (after "
                 "optimizer.step()), or call reshard() on the model first",
             )
-        for group, group_params in _fsdp2_groups(managed):
-            group_mask = [planned.get(id(p), p.requires_grad) for p in group_params]
-            if not _ranks_agree(group_mask, group, group_params[0].device):
-                raise _disagree(source)
 
+    # Every refusal a rank decides by itself comes before the first collective, so no rank can
+    # leave the others waiting in an all-reduce it never joins.
+    changes = []
     for ddp in wrappers.ddp:
         mask = _mask(ddp, planned)
         if _BUILT_FOR.get(ddp) == mask:
@@ -448,8 +507,15 @@ def check_apply(
         problem = _ddp_problem(ddp, planned)
         if problem is not None:
             raise _fail(source, problem, _TODO_REWRAP)
-        if not _ranks_agree(mask, ddp.process_group, _ddp_device(ddp)):
+        changes.append((ddp, mask))
+
+    for group, group_params in _fsdp2_groups(managed):
+        group_mask = [planned.get(id(p), p.requires_grad) for p in group_params]
+        if not _ranks_agree(group_mask, group, group_params[0].device):
             raise _disagree(source)
+    if changes and not _ddps_agree(changes):
+        raise _disagree(source)
+    for ddp, mask in changes:
         plan.agreed[id(ddp)] = mask
     _HANDOFF = (weakref.ref(model), plan)
     return plan
@@ -479,6 +545,8 @@ def sync_after_apply(
             return 0
         plan = SyncPlan([weakref.ref(d) for d in _find(model).ddp])
     scheduled = 0
+    follow: list[tuple[Any, tuple[bool, ...]]] = []
+    unagreed: list[tuple[Any, tuple[bool, ...]]] = []
     for ref in plan.ddp:
         ddp = ref()
         if ddp is None:
@@ -494,8 +562,12 @@ def sync_after_apply(
             problem = _ddp_problem(ddp, {})
             if problem is not None:
                 raise _fail(source, problem, _TODO_REWRAP)
-            if not _ranks_agree(mask, ddp.process_group, _ddp_device(ddp)):
-                raise _disagree(source)
+            unagreed.append((ddp, mask))
+        follow.append((ddp, mask))
+    # As in check_apply: refusals first, then one agreement that does not depend on the order.
+    if unagreed and not _ddps_agree(unagreed):
+        raise _disagree(source)
+    for ddp, mask in follow:
         if not any(mask):
             # DDP cannot hold an empty reducer. The old one stays: no parameter produces a
             # gradient, so none of its hooks fire. The apply that unfreezes again rebuilds.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import io
 import os
 import sys
@@ -192,6 +193,50 @@ def ddp_inner(rank: int) -> dict:
 
 def ddp_builtin(rank: int) -> dict:
     return _train_ddp(rank, {}, hook=False, inner=False, builtin=True)
+
+
+def ddp_rewrap(rank: int) -> dict:
+    """The inner module passed while several DDPs wrap it, through the schedule.
+
+    A first DDP trains steps 0-1 and stays alive (accelerate keeps every wrapper it prepared);
+    before step 2 the module is wrapped again, as a second `trainer.train()` does and as the
+    FP206 workaround says, and the new wrapper trains from then on. A third wrapper is dropped
+    in a reference cycle, so only a garbage collection frees it, and the ranks collect at
+    different moments (rank 0 at once, rank 1 not before the apply): the ranks' heaps differ
+    the way their garbage-collection histories make them differ in any run.
+    """
+    net = make_net()
+    initial = {n: p.detach().clone() for n, p in net.named_parameters()}
+    first = DDP(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.05, weight_decay=0.1)
+    wrappers = [first]
+    model = first
+    history, flags = [], []
+    gc.disable()  # only the collections below, so the ranks' heaps differ as described
+    try:
+        for step in range(STEPS):
+            if step == 2:
+                model = DDP(net)
+                wrappers.append(model)
+                dropped = DDP(net)
+                dropped.cycle = [dropped]  # unreachable once dropped, yet alive until collected
+                del dropped
+                if rank == 0:
+                    gc.collect()
+            apply(net, opt, step)
+            flags.append(trainable(net))
+            history.append(gather(net))
+            step_once(model, opt, rank, step)
+        history.append(gather(net))
+    finally:
+        gc.enable()
+    return {
+        "initial": initial,
+        "history": history,
+        "trainable": flags,
+        "rebuilds": fpdist.reducer_rebuilds(model),
+        "first_rebuilds": fpdist.reducer_rebuilds(first),
+    }
 
 
 def ddp_midstep(rank: int) -> dict:
@@ -442,6 +487,7 @@ SCENARIOS: dict[str, Callable[[int], dict]] = {
         ddp_view,
         ddp_inner,
         ddp_builtin,
+        ddp_rewrap,
         ddp_midstep,
         ddp_disagree,
         fsdp2,

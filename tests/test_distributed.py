@@ -2,8 +2,9 @@
 
 One pair of worker processes (tests/distributed_worker.py) runs every scenario once for the whole
 module; starting torch in two processes costs seconds, the scenarios themselves milliseconds. The
-scenarios: DDP under several settings, FSDP2 with part of a sharded block frozen, the Hugging Face
-Trainer with FreezePolicyCallback, misuses that must raise FP206, and raw DDP without freezepolicy.
+scenarios: DDP under several settings (also a module wrapped in a second DDP mid-schedule), FSDP2
+with part of a sharded block frozen, the Hugging Face Trainer with FreezePolicyCallback, misuses
+that must raise FP206, and raw DDP without freezepolicy.
 Each scenario trains a small model for 8 steps with different data on each rank under one
 schedule (an unfreeze, a refreeze of part of a block, another unfreeze, a refreeze of the rest)
 and hands back every parameter as every rank held it at every step boundary. The tests check:
@@ -23,11 +24,13 @@ of hanging the suite.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -132,7 +135,8 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
         pytest.skip("torch.distributed with the gloo backend is not available")
     out = tmp_path_factory.mktemp("distributed")
     # The basic cases first: a failing scenario ends the job and leaves later ones no result.
-    scenarios = ["raw_ddp", *DDP_SCENARIOS, "ddp_midstep", "ddp_disagree", "delayed_refused"]
+    scenarios = ["raw_ddp", *DDP_SCENARIOS, "ddp_rewrap", "ddp_midstep", "ddp_disagree"]
+    scenarios.append("delayed_refused")
     if _fsdp2_available():
         scenarios += FSDP2_SCENARIOS
     if _transformers_available():
@@ -223,6 +227,19 @@ def test_ddp_keeps_ranks_identical_through_freezes_and_unfreezes(job: Job, scena
         assert result["comm_hook"] == "BuiltinCommHookType.ALLREDUCE"  # re-registered
     if "reduced" not in result:
         assert result["saved_bytes"] > 0  # torch.save of the whole DDP, hook and all
+
+
+@needs_gloo
+def test_ddp_inner_module_wrapped_again_keeps_ranks_identical(job: Job) -> None:
+    """The inner module is passed and wrapped in a second DDP mid-schedule while the first one
+    stays alive, and a dropped third one lingers on one rank only: the wrapper that trains is
+    followed through every change. (Before: the DDP found first was remembered, so the new one
+    was never rebuilt and the unfrozen block drifted apart; a heap scan that took the first DDP
+    it met could also take a different one on each rank.)"""
+    result = job.result("ddp_rewrap")
+    _check_schedule(result)
+    assert result["rebuilds"] == len(REBUILD_STEPS) - 1  # the new wrapper, from step 2 on
+    assert result["first_rebuilds"] == 1  # at step 0; never trains again, so never rebuilt
 
 
 @needs_gloo
@@ -320,6 +337,38 @@ def test_digest_tells_masks_apart() -> None:
     assert len(set(digests)) == len(masks)
     assert all(0 <= d < 2**56 for d in digests)  # room to negate in an int64
     assert fpdist._digest((True, False)) == fpdist._digest([True, False])
+
+
+def test_ddp_agreement_does_not_depend_on_the_order_wrappers_are_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A heap scan meets the DDPs around a module in an order that differs between ranks, so
+    the agreement's collectives (which groups, in which order, with which digests) must be the
+    same for every order of the same wrappers, or ranks pair different all-reduces."""
+    calls: list[tuple[str, int]] = []
+
+    def record(h: int, group: SimpleNamespace, device: torch.device) -> bool:
+        calls.append((group.group_name, h))
+        return True
+
+    monkeypatch.setattr(fpdist, "_ranks_agree_on", record)
+    g0, g1 = SimpleNamespace(group_name="0"), SimpleNamespace(group_name="1")
+    cpu = torch.device("cpu")
+    ddps = [SimpleNamespace(process_group=g, device=cpu) for g in (g1, g0, g1)]
+    masks = [(True, False), (True,), (False, True)]
+    seen = set()
+    for order in itertools.permutations(range(3)):
+        calls.clear()
+        assert fpdist._ddps_agree([(ddps[i], masks[i]) for i in order])
+        seen.add(tuple(calls))
+    assert len(seen) == 1
+    (sequence,) = seen
+    assert [name for name, _ in sequence] == ["0", "1"]  # one all-reduce per group, by name
+    assert sequence[0][1] == fpdist._digest((True,))  # a lone DDP: the digest of its mask
+    # Group "1" holds two masks; other masks give another digest.
+    calls.clear()
+    fpdist._ddps_agree([(ddps[0], (True, False)), (ddps[2], (True, True))])
+    assert calls[0][1] != sequence[1][1]
 
 
 def test_fp206_is_a_documented_code() -> None:
