@@ -22,6 +22,21 @@ class MLP(nn.Module):
         return self.out(self.act(self.fc2(self.act(self.fc1(x)))))
 
 
+def tiny_bert_config(**overrides):
+    """A BERT config small enough to train in milliseconds on a CPU (random weights, nothing
+    downloaded); `overrides` sets other fields, such as `num_labels`."""
+    from transformers import BertConfig
+
+    fields = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+    )
+    return BertConfig(**{**fields, **overrides})
+
+
 def mlp() -> MLP:
     """The model of policies/mlp_two_phase.freeze."""
     return MLP()

@@ -13,6 +13,8 @@ from torch import nn
 
 torchvision = pytest.importorskip("torchvision")
 
+import model_factories  # noqa: E402
+
 import freezepolicy as fp  # noqa: E402
 from freezepolicy import norm  # noqa: E402
 from freezepolicy.modelinfo import normalize_name  # noqa: E402
@@ -37,16 +39,7 @@ def resnet18(resnet18_base) -> nn.Module:
 
 
 def tiny_bert_config():
-    from transformers import BertConfig
-
-    return BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-        max_position_embeddings=32,
-    )
+    return model_factories.tiny_bert_config(max_position_embeddings=32)
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 2) -> None:

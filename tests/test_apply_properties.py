@@ -21,6 +21,8 @@ from torch import nn
 
 torchvision = pytest.importorskip("torchvision")
 
+from model_factories import tiny_bert_config  # noqa: E402
+
 import freezepolicy as fp  # noqa: E402
 from freezepolicy import norm  # noqa: E402
 from freezepolicy.optim import MARKER  # noqa: E402
@@ -236,14 +238,7 @@ def _module_types(model: nn.Module) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def mlm():
     transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-        max_position_embeddings=32,
-    )
+    config = tiny_bert_config(max_position_embeddings=32)
     return transformers.BertForMaskedLM(config)
 
 

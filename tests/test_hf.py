@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import torch
+from model_factories import tiny_bert_config
 from transformers import (
-    BertConfig,
     BertForSequenceClassification,
     Trainer,
     TrainerCallback,
@@ -37,15 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_bert() -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
+    config = tiny_bert_config(max_position_embeddings=16, num_labels=2)
     return BertForSequenceClassification(config)
 
 

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from model_factories import tiny_bert_config
 from torch import nn
 
 import freezepolicy as fp
@@ -101,14 +102,7 @@ def test_param_groups_without_base_decay_leave_the_optimizers_default(mlp):
 
 def test_tied_tensor_appears_once():
     transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-    )
-    model = transformers.BertForMaskedLM(config)
+    model = transformers.BertForMaskedLM(tiny_bert_config())
     groups = fp.param_groups(model, fp.parse("lr 0.1x for cls\ndecay 0 for bias"), lr=1e-3)
     params = [p for g in groups for p in g["params"]]
     assert len(params) == len({id(p) for p in params}) == len(list(model.parameters()))
