@@ -17,7 +17,6 @@ and optimizer, nothing is recomputed or changed.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import weakref
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,7 @@ from .errors import Diagnostic, PolicyResolveError
 from .lint import check_names
 from .modelinfo import inspect_model, parameter_ids, unwrap
 from .policy import Decision, Policy, Rate
-from .tied import merge_tied, tied_conflicts
+from .tied import merge_tied, tied_conflicts, tied_conflicts_over_time
 
 #: Above this many (epoch, step) combinations the timeline falls back to BoundPolicy.moments().
 MAX_MOMENTS = 10_000
@@ -209,25 +208,13 @@ class _Binding:
         self._class_decisions: dict[tuple[int, ...], list[Decision]] = {}
         self._merged: tuple[tuple[int, ...], list[Decision]] | None = None
 
-        self.moments = self._timeline()
-        errors: dict[str, Diagnostic] = {}
-        for epoch, step in self.moments if snap.tied else ():
-            decisions = self.bound.decisions(
-                epoch=epoch, step=step, steps_per_epoch=steps_per_epoch
-            )
-            for d in tied_conflicts(policy, decisions, snap.tied):
-                if d.message in errors:  # the same split, still there at a later moment
-                    continue
-                if (epoch, step) != (0, 0):  # worded as `freezepolicy lint --model` words it
-                    when = [f"epoch {epoch}"] if epoch else []
-                    when += [f"step {step}"] if step else []
-                    errors[d.message] = dataclasses.replace(
-                        d, message=f"{d.message} (from {', '.join(when)})"
-                    )
-                else:
-                    errors[d.message] = d
+        self.moments = self.bound.moments(limit=MAX_MOMENTS)
         #: FP205 diagnostics: a tied tensor decided two ways at some moment of the timeline.
-        self.errors = list(errors.values())
+        self.errors = (
+            tied_conflicts_over_time(policy, self.bound, snap.tied, self.moments, steps_per_epoch)
+            if snap.tied
+            else []
+        )
         #: Name-level findings (FP201 selects nothing, FP202/FP204 never effective).
         self.diagnostics = [
             d
@@ -279,17 +266,6 @@ class _Binding:
                 self.class_names.append(names)
                 self.class_sigs.append(key if isinstance(key, tuple) else (key,))
             self.tclass.append(c)
-
-    def _timeline(self) -> list[tuple[int, int]]:
-        """Moments that together see every reachable set of active statements.
-
-        Epoch-timed and step-timed statements activate independently, so every combination of
-        an epoch event with a step event is a distinct set; (0, 0) comes first.
-        """
-        epochs, steps = self.policy.clock_times()
-        if len(epochs) * len(steps) > MAX_MOMENTS:
-            return self.bound.moments()
-        return list(itertools.product(epochs, steps))
 
     def order_key(self, epoch: int, step: int) -> tuple[int, ...]:
         # The active rules and the progress of warm-ups: equal keys give equal decisions.

@@ -261,24 +261,12 @@ def check_model(policy: Policy, model: ModelNames) -> list[Diagnostic]:
 def _tied_conflicts_over_time(policy: Policy, model: ModelNames) -> list[Diagnostic]:
     from dataclasses import replace
 
-    from .tied import tied_conflicts
+    from .tied import tied_conflicts_over_time
 
     bound = policy.bind(model.names, model.module_types)
-    out: list[Diagnostic] = []
-    seen: set[str] = set()
-    for epoch, step in bound.moments():
-        for d in tied_conflicts(policy, bound.decisions(epoch=epoch, step=step), model.tied):
-            if d.message in seen:  # the same split, still there at a later moment
-                continue
-            seen.add(d.message)
-            # A warning in lint (docs/errors.md); `apply_policy` raises it as an error.
-            d = replace(d, severity="warning")
-            if (epoch, step) != (0, 0):
-                when = [f"epoch {epoch}"] if epoch else []
-                when += [f"step {step}"] if step else []
-                d = replace(d, message=f"{d.message} (from {', '.join(when)})")
-            out.append(d)
-    return out
+    found = tied_conflicts_over_time(policy, bound, model.tied, bound.moments())
+    # A warning in lint (docs/errors.md); `apply_policy` raises it as an error.
+    return [replace(d, severity="warning") for d in found]
 
 
 #: Codes that say a statement is useless: with several models, reported only when they hold

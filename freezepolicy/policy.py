@@ -774,11 +774,16 @@ class BoundPolicy:
             )
         return out
 
-    def moments(self) -> list[tuple[int, int]]:
-        """Moments (epoch, step) that together see every reachable set of active statements."""
+    def moments(self, limit: int = MAX_LINT_MOMENTS) -> list[tuple[int, int]]:
+        """Moments (epoch, step) that together see every reachable set of active statements.
+
+        Epoch-timed and step-timed statements activate independently, so every combination of
+        an epoch event with a step event is a distinct set; (0, 0) comes first. Past `limit`
+        combinations only a subset is tried.
+        """
         epochs, steps = self.policy.clock_times()
         moments = list(itertools.product(epochs, steps))
-        if len(moments) > MAX_LINT_MOMENTS:
+        if len(moments) > limit:
             # Too many combinations to try them all: each clock on its own, and both together.
             moments = sorted(
                 {(e, 0) for e in epochs} | {(0, s) for s in steps} | {(epochs[-1], steps[-1])}

@@ -8,9 +8,10 @@ names that were decided; two names decided differently are a conflict. Pure Pyth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from .errors import Diagnostic
-from .policy import Decision, Policy
+from .policy import BoundPolicy, Decision, Policy
 
 
 def _settings(d: Decision) -> tuple:
@@ -97,3 +98,28 @@ def tied_conflicts(
             )
         )
     return out
+
+
+def tied_conflicts_over_time(
+    policy: Policy,
+    bound: BoundPolicy,
+    tied: Sequence[Sequence[str]],
+    moments: Sequence[tuple[int, int]],
+    steps_per_epoch: int | None = None,
+) -> list[Diagnostic]:
+    """`tied_conflicts` at every moment: each split once, with the moment it starts from
+    (`... (from epoch 4)`) when that is not the start. Shared by `apply_policy` (an error) and
+    `freezepolicy lint --model` (a warning)."""
+    found: dict[str, Diagnostic] = {}
+    for epoch, step in moments:
+        decisions = bound.decisions(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch)
+        for d in tied_conflicts(policy, decisions, tied):
+            if d.message in found:  # the same split, still there at a later moment
+                continue
+            if (epoch, step) != (0, 0):
+                when = [f"epoch {epoch}"] if epoch else []
+                when += [f"step {step}"] if step else []
+                found[d.message] = replace(d, message=f"{d.message} (from {', '.join(when)})")
+            else:
+                found[d.message] = d
+    return list(found.values())
