@@ -178,7 +178,7 @@ def parse_text(
             diagnostics.append(_syntax_diagnostic(exc, text, pos, path, lines))
             # Statements never span lines, so the broken one starts after the last separator
             # before the error. Everything before it parsed; check it for semantic errors too.
-            stmt_start = max(text.rfind(";", start, pos), text.rfind("\n", start, pos)) + 1
+            stmt_start = _statement_start(text, pos, start)
             if stmt_start > start:
                 try:
                     statements.extend(
@@ -267,9 +267,16 @@ def _next_statement(text: str, pos: int) -> int:
     return len(text)
 
 
+def _statement_start(text: str, pos: int, lo: int = 0) -> int:
+    """Offset of the start of the statement holding `pos` (not before `lo`): just after the
+    last separator before it. Statements never span lines, and a `;` in a comment is always
+    followed by the newline that ends the comment, so the last separator is a real one."""
+    return max(text.rfind(";", lo, pos), text.rfind("\n", lo, pos), lo - 1) + 1
+
+
 def _previous_word(text: str, pos: int) -> str | None:
     """The word just before `pos` in the same statement, lower-cased, or None at its start."""
-    stmt_start = max(text.rfind(";", 0, pos), text.rfind("\n", 0, pos)) + 1
+    stmt_start = _statement_start(text, pos)
     words = _WORD.findall(text[stmt_start:pos])
     return words[-1] if words else None
 
@@ -363,7 +370,7 @@ def _syntax_diagnostic(
     if expected == {"CLOCK"} or expected == {"CLOCK", "NUMBER"}:
         hint = _suggest(found, ("epoch", "step", "epochs", "steps")) if found else ""
         # After `at`, `every` or `warmup N`: name the clause, not the number before the unit.
-        stmt_start = max(text.rfind(";", 0, pos), text.rfind("\n", 0, pos)) + 1
+        stmt_start = _statement_start(text, pos)
         clauses = re.findall(r"\b(at|every|warmup)\b", text[stmt_start:pos])
         clause = clauses[-1] if clauses else (prev or "at")
         after = f"`{clause}`" if clause == prev else f"`{clause} {prev}`"
