@@ -13,8 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import PolicyError
+
+if TYPE_CHECKING:
+    from .lint import ModelNames
+    from .show import ModelLayout
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -49,6 +54,7 @@ def build_argparser() -> argparse.ArgumentParser:
         "repeat to check a policy shared by several models",
     )
     lint.add_argument("--format", choices=("text", "json"), default="text")
+    _add_no_cache(lint)
     lint.epilog = MODEL_SPEC_HELP
     lint.formatter_class = argparse.RawDescriptionHelpFormatter
 
@@ -85,7 +91,18 @@ def build_argparser() -> argparse.ArgumentParser:
         action="store_true",
         help="expand every module, also those whose parameters all share one decision",
     )
+    _add_no_cache(show)
     return parser
+
+
+def _add_no_cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write the model layout cache (as FREEZEPOLICY_NO_CACHE=1); "
+        "the layouts of torchvision: and transformers: specs are kept in "
+        "$FREEZEPOLICY_CACHE_DIR or ~/.cache/freezepolicy so that later runs skip torch",
+    )
 
 
 MODEL_SPEC_HELP = """\
@@ -213,7 +230,7 @@ def _lint(args: argparse.Namespace) -> int:
     if args.model:
         from .lint import lint_file_models
 
-        models = [_model_names(spec) for spec in args.model]
+        models = [_model_names(spec, use_cache=not args.no_cache) for spec in args.model]
         reports = [lint_file_models(f, models) for f in args.files]
     else:
         names = read_names(args.names) if args.names else None
@@ -269,28 +286,34 @@ def _fmt(args: argparse.Namespace) -> int:
     return status
 
 
-def _build(spec: str):
-    """A model from a spec (torch is imported here, never for plain lint or fmt)."""
-    from .models import ModelSpecError, build_model
+def _layout(spec: str, *, use_cache: bool) -> ModelLayout:
+    """A model's layout from a spec: cached for built-in specs (see `freezepolicy.layout_cache`);
+    torch is imported only to build a model, never for plain lint or fmt."""
+    from .layout_cache import model_layout
 
     try:
-        return build_model(spec)
-    except ModelSpecError as exc:
-        raise UsageError(str(exc)) from None
+        return model_layout(spec, use_cache=use_cache)
+    except Exception as exc:
+        # Imported only now: a cache hit never needs freezepolicy.models, and a ModelSpecError
+        # can only come from a build, which has imported it already.
+        from .models import ModelSpecError
+
+        if isinstance(exc, ModelSpecError):
+            raise UsageError(str(exc)) from None
+        raise
 
 
-def _model_names(spec: str):
+def _model_names(spec: str, *, use_cache: bool) -> ModelNames:
     from .lint import ModelNames
-    from .modelinfo import inspect_model
 
-    info = inspect_model(_build(spec))
-    return ModelNames(spec, info.names, info.module_types, info.tied)
+    layout = _layout(spec, use_cache=use_cache)
+    return ModelNames(spec, layout.names, layout.module_types, layout.tied)
 
 
 def _show(args: argparse.Namespace) -> int:
     from .api import load
     from .lint import ModelNames, check_model
-    from .show import PolicyView, format_text, layout_from_model, to_json
+    from .show import PolicyView, format_text, to_json
 
     spe = args.steps_per_epoch
     epoch, step = args.epoch, args.step
@@ -310,7 +333,7 @@ def _show(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE if exc.code in ("FP001", "FP002", "FP003") else EXIT_PROBLEMS
-    layout = layout_from_model(_build(args.model))
+    layout = _layout(args.model, use_cache=not args.no_cache)
     view = PolicyView(policy, layout, steps_per_epoch=spe, model_label=args.model)
     moment = view.moment(epoch, step)
     problems = check_model(

@@ -7,11 +7,23 @@ torch-free, so the core tests run without torch.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).parent
+
+# The model layout cache (freezepolicy.layout_cache) of the whole run goes to a fresh temporary
+# directory, never the user's ~/.cache. Set here, at import, rather than in a fixture: test
+# modules copy os.environ at import for the subprocesses they start (test_resume's ENV), and
+# those must see it too.
+_LAYOUT_CACHE = tempfile.mkdtemp(prefix="freezepolicy-test-cache-")
+os.environ["FREEZEPOLICY_CACHE_DIR"] = _LAYOUT_CACHE
+atexit.register(shutil.rmtree, _LAYOUT_CACHE, ignore_errors=True)
 
 
 def read_names(filename: str) -> list[str]:
