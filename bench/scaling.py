@@ -137,12 +137,10 @@ def build(layers: int, experts: int = EXPERTS) -> nn.Module:
 def forget(model: nn.Module) -> None:
     """Drop what freezepolicy keeps about `model` and restore requires_grad, so the next apply
     is a first apply again (as on a freshly built model, without building it again)."""
-    root = fp_apply.unwrap(model)
-    fp_apply._MODELS.pop(root, None)
-    for p in model.parameters():
-        original = fp_apply._ORIGINAL.pop(p, None)
-        if original is not None:
-            p.requires_grad_(original)
+    snap = fp_apply._MODELS.pop(fp_apply.unwrap(model), None)
+    if snap is not None:
+        for p in model.parameters():
+            p.requires_grad_(snap.original(p))
 
 
 def layers_for(tensors: int, experts: int = EXPERTS) -> int:

@@ -17,15 +17,16 @@ and optimizer, nothing is recomputed or changed.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import norm, optim
 from .api import load
@@ -191,7 +192,7 @@ class _Binding:
         # signatures of all its names for a tied tensor (merged when decided).
         self.params: list[torch.Tensor] = []
         self.names: list[str] = []
-        self.aliases: list[list[str]] = []
+        #: Tensor id -> its index in `params`.
         self.index: dict[int, int] = {}
         #: Class of each tensor.
         self.tclass: list[int] = []
@@ -203,8 +204,6 @@ class _Binding:
         else:  # every name its own tensor (the usual case): a class per signature
             self._untied(snap)
         self.elements = [p.numel() for p in self.params]
-        #: requires_grad of every tensor recorded in _ORIGINAL (done at the first apply).
-        self.originals_recorded = False
         self._class_decisions: dict[tuple[int, ...], list[Decision]] = {}
         self._merged: tuple[tuple[int, ...], list[Decision]] | None = None
 
@@ -231,9 +230,8 @@ class _Binding:
     def _untied(self, snap: _ModelSnapshot) -> None:
         """Tensors and classes when no tensor has several names: a class per signature."""
         self.names = list(snap.names)
-        self.params = [snap.params[n] for n in self.names]
-        self.index.update((id(p), i) for i, p in enumerate(self.params))
-        self.aliases = [[n] for n in self.names]
+        self.params = list(snap.params.values())  # in the order of names
+        self.index = dict(zip(map(id, self.params), range(len(self.params)), strict=True))
         self.tclass = list(self.bound.signatures)  # aligned with snap.names
         first = self.bound.first_of_signature()
         self.class_names = [[self.names[i]] for i in first]
@@ -259,7 +257,6 @@ class _Binding:
             else:
                 names = group
                 key = tuple(signatures[position[n]] for n in group)
-            self.aliases.append(names)
             c = class_of.get(key)
             if c is None:
                 c = class_of[key] = len(self.class_names)
@@ -379,17 +376,31 @@ class _ModelSnapshot:
     #: Normalization layers with running statistics: (path, weak reference, parameter ids).
     norms: list[tuple[str, weakref.ref, tuple[int, ...]]]
     bindings: dict[tuple[str, str, int | None], _Binding] = field(default_factory=dict)
+    #: id -> requires_grad of each tensor before freezepolicy first changed it in this model
+    #: ("untouched" restores it). Ids are safe keys: `params` keeps the tensors alive.
+    originals: dict[int, bool] = field(default_factory=dict)
+    originals_recorded: bool = False
     #: (binding key, order key) of the last apply on this model, and its report.
     last: tuple | None = None
     last_report: ApplyReport | None = None
+
+    def record_originals(self, tensors: Sequence[torch.Tensor], now: Sequence[bool]) -> None:
+        """At the first apply: record `now`, the requires_grad of every tensor of this model
+        (each once), for the tensors not recorded yet."""
+        if not self.originals_recorded:
+            recorded = dict(zip(map(id, tensors), now, strict=True))
+            recorded.update(self.originals)  # recorded by an earlier look at this model wins
+            self.originals = recorded
+            self.originals_recorded = True
+
+    def original(self, p: torch.Tensor) -> bool:
+        """requires_grad of `p` as the model had it before freezepolicy changed it."""
+        return self.originals.get(id(p), p.requires_grad)
 
 
 # Per-model caches. Values never reference the model itself (a WeakKeyDictionary would never let
 # it go): parameters, names and weak references to submodules only.
 _MODELS: weakref.WeakKeyDictionary[nn.Module, _ModelSnapshot] = weakref.WeakKeyDictionary()
-#: requires_grad of each parameter before freezepolicy first changed it ("untouched" restores it).
-#: Keyed by identity: tensors compare elementwise, so a plain WeakKeyDictionary is unsafe.
-_ORIGINAL: WeakIdKeyDictionary = WeakIdKeyDictionary()
 #: Optimizer -> (binding key, order key, group layout) of the last apply with it.
 _OPTIMIZERS: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple] = weakref.WeakKeyDictionary()
 #: Policies loaded from paths, by (path, mtime, size), so an apply at every step does not re-parse.
@@ -398,23 +409,31 @@ _LOADED: dict[tuple[str, int, int], Policy] = {}
 
 def _snapshot(model: nn.Module) -> tuple[nn.Module, _ModelSnapshot]:
     root = unwrap(model)
-    snap = _MODELS.get(root)
+    old = _MODELS.get(root)
     # Which parameter objects the model holds, where: checked at every apply.
-    if snap is not None and snap.fingerprint == parameter_ids(root):
-        return root, snap
+    if old is not None and old.fingerprint == parameter_ids(root):
+        return root, old
     # New model, or its parameters changed (a new head, load_state_dict(assign=True)): look again.
     info = inspect_model(root)
-    # has_running_stats decides; the isinstance test first skips the call for the other
-    # modules (a model can have 100k of them).
+    # has_running_stats decides. A model can have 100k modules of a few dozen classes: look at
+    # them only if one of the classes is a normalization layer with statistics.
     kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-    norms = [
-        (path, weakref.ref(m), tuple(id(p) for p in m.parameters(recurse=False)))
-        for path, m in info.modules.items()
-        if isinstance(m, kinds) and norm.has_running_stats(m)
-    ]
+    norm_classes = tuple(c for c in info.classes if issubclass(c, kinds))
+    norms: list[tuple[str, weakref.ref, tuple[int, ...]]] = []
+    if norm_classes:
+        norms = [
+            (path, weakref.ref(m), tuple(id(p) for p in m.parameters(recurse=False)))
+            for path, m in zip(info.module_paths, info.module_list, strict=True)
+            if isinstance(m, norm_classes) and norm.has_running_stats(m)
+        ]
     snap = _ModelSnapshot(
         info.fingerprint, info.names, info.params, info.tied, dict(info.module_types), norms
     )
+    if old is not None and old.originals:
+        # Tensors the model still holds keep the requires_grad recorded before freezepolicy
+        # changed them. The old snapshot keeps its tensors alive, so equal ids are the same tensor.
+        live = set(map(id, info.params.values()))
+        snap.originals = {i: v for i, v in old.originals.items() if i in live}
     _MODELS[root] = snap
     return root, snap
 
@@ -543,22 +562,21 @@ def apply_policy(
         return dataclasses.replace(snap.last_report, epoch=epoch, step=step, changed=False)
 
     decisions = binding.merged(epoch, step)
-    if not binding.originals_recorded:
-        # The binding holds its tensors, so their entries stay once recorded.
-        record = _ORIGINAL.setdefault  # one weak reference per tensor, not two as with `in`
-        for p in binding.params:
-            record(p, p.requires_grad)
-        binding.originals_recorded = True
+    params = binding.params
+    # map/attrgetter: these passes run over every tensor, 100k in a large model.
+    current = list(map(_requires_grad, params))
+    snap.record_originals(params, current)
+    original = snap.originals
+    decided = list(map(_trainable, decisions))
     targets = [
-        d.trainable if d.trainable is not None else _ORIGINAL[p]
-        for d, p in zip(decisions, binding.params, strict=True)
+        t if t is not None else original[id(p)] for t, p in zip(decided, params, strict=True)
     ]
     # Tensors that must end with no gradient and no optimizer state: frozen by the policy, or
     # trainable until now and frozen by this apply (back to an untouched frozen original).
     cleared = [
         i
-        for i, (d, p) in enumerate(zip(decisions, binding.params, strict=True))
-        if d.trainable is False or (p.requires_grad and not targets[i])
+        for i, (t, now, target) in enumerate(zip(decided, current, targets, strict=True))
+        if t is False or (now and not target)
     ]
     hold, release = _plan_norms(binding, snap, decisions, targets, epoch, step)
     plan = None
@@ -577,8 +595,8 @@ def apply_policy(
     if plan is not None and plan.changes:
         plan.execute(schedulers)
         changed = True
-    for p, target in zip(binding.params, targets, strict=True):
-        if p.requires_grad != target:
+    for p, now, target in zip(params, current, targets, strict=True):
+        if now != target:
             p.requires_grad_(target)
             changed = True
     for i in cleared:
@@ -607,6 +625,10 @@ def apply_policy(
     if optimizer is not None:
         _OPTIMIZERS[optimizer] = (*state_key, _layout(optimizer))
     return report
+
+
+_requires_grad = operator.attrgetter("requires_grad")
+_trainable = operator.attrgetter("trainable")
 
 
 def _distributed() -> Any:
@@ -681,13 +703,14 @@ def _report(
     epoch: int,
     step: int,
 ) -> ApplyReport:
-    trainable = tuple(n for n, t in zip(binding.names, targets, strict=True) if t)
-    frozen = tuple(n for n, t in zip(binding.names, targets, strict=True) if not t)
-    untouched = tuple(
-        n for n, d in zip(binding.names, decisions, strict=True) if d.trainable is None
-    )
-    t_el = sum(e for e, t in zip(binding.elements, targets, strict=True) if t)
-    f_el = sum(e for e, t in zip(binding.elements, targets, strict=True) if not t)
+    # itertools.compress: these run over every tensor, 100k in a large model.
+    names, elements = binding.names, binding.elements
+    not_targets = [not t for t in targets]
+    trainable = tuple(compress(names, targets))
+    frozen = tuple(compress(names, not_targets))
+    untouched = tuple(compress(names, [t is None for t in map(_trainable, decisions)]))
+    t_el = sum(compress(elements, targets))
+    f_el = sum(compress(elements, not_targets))
     active = {r.index for r in binding.bound.order(epoch, step, binding.steps_per_epoch)}
     totals = binding.rule_totals()
     statements = [

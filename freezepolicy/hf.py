@@ -238,13 +238,14 @@ def _scheduler_for(scheduler: Any, optimizer: Any) -> Any:
 def _policy_trainable(model: nn.Module, policy: Policy, per_epoch: int | None) -> list[int]:
     """Indices (in the binding) of the tensors the policy makes trainable at some moment."""
     binding = _apply._binding_for(model, policy, per_epoch)
+    _, snap = _apply._snapshot(model)
     out: set[int] = set()
     for epoch, step in binding.moments:
         for i, decision in enumerate(binding.merged(epoch, step)):
             p = binding.params[i]
             trainable = decision.trainable
             if trainable is None:  # untouched: as the model had it before freezepolicy
-                trainable = _apply._ORIGINAL.get(p, p.requires_grad)
+                trainable = snap.original(p)
             if trainable:
                 out.add(i)
     return sorted(out)

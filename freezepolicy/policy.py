@@ -343,14 +343,20 @@ class _PartMatcher:
         self._next[sid][part] = nxt
         return nxt
 
-    def bits(self, name: str) -> int:
-        """Bit p is set when pattern p matches `name`."""
-        sid = self._root
-        following = self._next
-        for part in name.split("."):
-            nxt = following[sid].get(part)
-            sid = self._step(sid, part) if nxt is None else nxt
-        return self._states[sid][1]
+    def bits_of(self, names: Iterable[str]) -> list[int]:
+        """For each name, the patterns that match it: bit p is set when pattern p does.
+
+        One call for all names: at 100k names the per-call overhead would be a tenth of it."""
+        root, following, states, step = self._root, self._next, self._states, self._step
+        out: list[int] = []
+        add = out.append
+        for name in names:
+            sid = root
+            for part in name.split("."):
+                nxt = following[sid].get(part)
+                sid = step(sid, part) if nxt is None else nxt
+            add(states[sid][1])
+        return out
 
 
 def _part_regex(part: str, offset: int) -> re.Pattern[str]:
@@ -557,39 +563,37 @@ class BoundPolicy:
             rule_masks.append((masks(selection.groups[r.group]), masks(selection.exclude)))
         matcher = _PartMatcher(list(name_ids))
         type_globs = [compile_type_pattern(t) for t in type_ids]
-        module_types = self.module_types if type_globs else None
-        type_bits: dict[frozenset[str] | tuple[str, ...], int] = {}
-        searches: list[re.Pattern[str]] | None = None
-
+        # Each pass below runs over every name in C or in one tight loop: 100k names.
+        name_bits = matcher.bits_of(self.names)
+        odd = [i for i, name in enumerate(self.names) if "\n" in name]
+        if odd:  # `$` also matches before a final newline: let the regexes decide
+            searches = [compile_name_pattern(t, a) for t, a in name_ids]
+            for i in odd:
+                name = self.names[i]
+                name_bits[i] = sum(1 << p for p, rx in enumerate(searches) if rx.search(name))
+        type_bits: Iterable[int] = itertools.repeat(0)
+        if type_globs and self.module_types is not None:
+            get = self.module_types.get
+            found = [get(name, ()) for name in self.names]
+            try:
+                distinct = set(found)  # frozensets (from inspect_model): their hashes are cached
+            except TypeError:  # lists or sets given by hand
+                found = [frozenset(c) for c in found]
+                distinct = set(found)
+            of_classes = {
+                c: sum(
+                    1 << q for q, glob in enumerate(type_globs) if any(glob.fullmatch(x) for x in c)
+                )
+                for c in distinct
+            }
+            type_bits = map(of_classes.__getitem__, found)
+        # Signatures numbered in order of their first name (setdefault gives a new key the next).
         key_of: dict[tuple[int, int], int] = {}
-        signatures: list[int] = []
-        keys: list[tuple[int, int]] = []
-        bits = matcher.bits
-        for name in self.names:
-            if "\n" in name:  # `$` also matches before a final newline: let the regexes decide
-                if searches is None:
-                    searches = [compile_name_pattern(t, a) for t, a in name_ids]
-                nb = sum(1 << p for p, rx in enumerate(searches) if rx.search(name))
-            else:
-                nb = bits(name)
-            tb = 0
-            if module_types is not None:
-                classes = module_types.get(name, ())
-                hashable = classes if isinstance(classes, frozenset) else tuple(classes)
-                tb_known = type_bits.get(hashable)
-                if tb_known is None:
-                    tb_known = type_bits[hashable] = sum(
-                        1 << q
-                        for q, glob in enumerate(type_globs)
-                        if any(glob.fullmatch(c) for c in classes)
-                    )
-                tb = tb_known
-            key = (nb, tb)
-            sig = key_of.get(key)
-            if sig is None:
-                sig = key_of[key] = len(keys)
-                keys.append(key)
-            signatures.append(sig)
+        signatures = [
+            key_of.setdefault(key, len(key_of))
+            for key in zip(name_bits, type_bits, strict=False)  # type_bits may be endless
+        ]
+        keys = list(key_of)
 
         # Which rules select each signature (a bit per rule index), and which names it holds.
         self._sig_rules: list[int] = []
@@ -602,9 +606,14 @@ class BoundPolicy:
                 if (nb & inc_n or tb & inc_t) and not (nb & exc_n or tb & exc_t):
                     selected |= 1 << r.index
             self._sig_rules.append(selected)
-        self._members: list[list[int]] = [[] for _ in keys]
-        for i, sig in enumerate(signatures):
-            self._members[sig].append(i)
+        # The first name of each signature. Signatures are numbered in order of their first
+        # names, so each search starts where the last one ended: one scan in C in all.
+        self._first: list[int] = []
+        start = 0
+        for sig in range(len(keys)):
+            start = signatures.index(sig, start)
+            self._first.append(start)
+        self._members_cache: list[list[int]] | None = None
         self._name_bit = {k: 1 << v for k, v in name_ids.items()}
         self._type_bit = {k: 1 << v for k, v in type_ids.items()}
         self._signatures = signatures
@@ -612,7 +621,17 @@ class BoundPolicy:
     def first_of_signature(self) -> list[int]:
         """For each signature, the index of its first name."""
         self.signatures  # noqa: B018 - classify on first use
-        return [members[0] for members in self._members]
+        return list(self._first)
+
+    def _members(self) -> list[list[int]]:
+        """The indices of the names of each signature (made on first use: lint needs them,
+        applying a policy does not)."""
+        if self._members_cache is None:
+            members: list[list[int]] = [[] for _ in self._first]
+            for i, sig in enumerate(self.signatures):
+                members[sig].append(i)
+            self._members_cache = members
+        return self._members_cache
 
     def signature_rules(self, signature: int) -> int:
         """The rules that select the names of `signature`, as a bit per rule index."""
@@ -638,7 +657,7 @@ class BoundPolicy:
             bit = 1 << rule.index
             hit = self._selected[rule.index] = frozenset(
                 itertools.chain.from_iterable(
-                    m for m, sel in zip(self._members, self._sig_rules, strict=True) if sel & bit
+                    m for m, sel in zip(self._members(), self._sig_rules, strict=True) if sel & bit
                 )
             )
         return hit
@@ -760,7 +779,7 @@ class BoundPolicy:
                 trainable, t_by = None, None
             out.append(
                 Decision(
-                    self.names[self._members[sig][0]],
+                    self.names[self._first[sig]],
                     trainable,
                     lr,
                     wd,

@@ -190,6 +190,21 @@ def test_untouched_means_as_the_model_had_it(resnet18):
     assert "fc.bias" not in early.untouched
 
 
+def test_untouched_survives_a_new_head_and_covers_it(resnet18):
+    """The originals are kept per model: a new head (the model looked at again) keeps those of
+    the tensors that stayed, and the head's own is recorded at the next apply."""
+    fp.apply_policy(resnet18, fp.parse("freeze *"))
+    assert not resnet18.layer1[0].conv1.weight.requires_grad
+    resnet18.fc = nn.Linear(512, 3)
+    resnet18.fc.bias.requires_grad_(False)  # the user's choice for the new head
+    fp.apply_policy(resnet18, fp.parse("freeze layer4"))
+    assert resnet18.layer1[0].conv1.weight.requires_grad  # as before the first policy
+    assert resnet18.fc.weight.requires_grad and not resnet18.fc.bias.requires_grad
+    fp.apply_policy(resnet18, fp.parse("freeze fc"))
+    fp.apply_policy(resnet18, fp.parse("freeze layer4"))
+    assert resnet18.fc.weight.requires_grad and not resnet18.fc.bias.requires_grad
+
+
 def test_state_is_a_function_of_the_moment(resnet18, resnet18_base):
     policy = fp.parse(
         "freeze *\nunfreeze fc\nunfreeze layer4 at epoch 2\nunfreeze layer3 at epoch 5"
@@ -394,6 +409,22 @@ def test_apply_through_a_wrapper_holds_the_inner_norm_layers(resnet18):
     with torch.no_grad():
         parallel(X)
     assert torch.equal(resnet18.bn1.running_mean, before)
+
+
+def test_a_wrapped_submodule_is_selected_by_its_own_type_and_its_norm_is_held(resnet18):
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    resnet18.fc = torch.compile(resnet18.fc)  # OptimizedModule holding the Linear
+    resnet18.bn1 = checkpoint_wrapper(resnet18.bn1)  # CheckpointWrapper holding the BatchNorm2d
+    report = fp.apply_policy(resnet18, fp.parse("freeze *\nunfreeze type:Linear"), strict=True)
+    assert set(report.trainable) == {"fc.weight", "fc.bias"}
+    assert "bn1" in report.held_norm  # the BatchNorm inside the wrapper, all of it frozen
+    bn = resnet18.bn1._checkpoint_wrapped_module
+    before = bn.running_mean.clone()
+    resnet18.train()
+    with torch.no_grad():
+        resnet18.bn1(torch.randn(2, 64, 4, 4))  # not the model: its compiled fc would compile
+    assert torch.equal(bn.running_mean, before)
 
 
 def test_steps_per_epoch_puts_both_clocks_on_one_timeline():

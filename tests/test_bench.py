@@ -178,8 +178,7 @@ def test_part_matcher_agrees_with_each_selector_regex(
     patterns: list[tuple[str, bool]], names: list[str]
 ) -> None:
     matcher = _PartMatcher(patterns)
-    for name in names:
-        bits = matcher.bits(name)
+    for name, bits in zip(names, matcher.bits_of(names), strict=True):
         for p, (text, anchored) in enumerate(patterns):
             expected = bool(compile_name_pattern(text, anchored).search(name))
             assert bool(bits >> p & 1) == expected, (text, anchored, name)
@@ -269,11 +268,13 @@ def _resnet_types(name: str) -> set[str]:
 
 
 def _reference_inspect(model: nn.Module) -> tuple[list[str], list[list[str]], dict]:
-    """inspect_model's definition: named_modules / named_parameters with wrappers removed."""
+    """inspect_model's definition: named_modules / named_parameters with wrappers removed. The
+    classes at a path are those of every module there: a wrapper's and the module it holds."""
     root = modelinfo.unwrap(model)
     types_at: dict[str, frozenset[str]] = {}
     for path, module in root.named_modules(remove_duplicate=False):
-        types_at.setdefault(modelinfo.normalize_name(path), modelinfo._class_names(module))
+        at = modelinfo.normalize_name(path)
+        types_at[at] = types_at.get(at, frozenset()) | modelinfo._class_names(module)
     names: list[str] = []
     by_tensor: dict[int, list[str]] = {}
     for raw, p in root.named_parameters(remove_duplicate=False):
@@ -321,3 +322,11 @@ def test_inspect_model_is_named_parameters_with_wrappers_removed(make) -> None:
     assert info.tied == tied
     assert info.module_types == types
     assert info.fingerprint == modelinfo.parameter_ids(modelinfo.unwrap(model))
+    # At each path, the innermost module: the user's, not a wrapper around it.
+    inner: dict[str, nn.Module] = {}
+    for path, module in modelinfo.unwrap(model).named_modules(remove_duplicate=False):
+        inner[modelinfo.normalize_name(path)] = module
+    assert {p: type(m) for p, m in info.modules.items()} == {p: type(m) for p, m in inner.items()}
+    assert info.classes == {type(m) for m in inner.values()} | {
+        type(m) for m in modelinfo.unwrap(model).modules()
+    }
