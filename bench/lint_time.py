@@ -3,7 +3,12 @@
 - `freezepolicy lint policies/*.freeze` (syntax only, no torch) against `python -c "import
   torch"`, interleaved: the ratio of median wall times, target at most 0.2.
 - `freezepolicy lint --model transformers:llama-70b bench/policies/llama_top.freeze`: the
-  80-layer Llama-style model built on the meta device, whole process, target under 3 s.
+  80-layer Llama-style model built on the meta device, whole process, target under 3 s. Measured
+  twice per round: *cold*, with an empty model layout cache (the first run for this spec and
+  these library versions: it builds the model, which needs torch and transformers), and *warm*,
+  the run after it (the layout comes from the cache, see freezepolicy.layout_cache). Next to
+  them the *floor* of a cold run: a process that only imports torch and transformers' Llama
+  classes, which a run that builds the model cannot avoid.
 
 Each process is measured alone (`os.wait4` gives the child's own CPU time and peak RSS). A
 breakdown of the Llama run (`python -m bench.lint_time --breakdown`, in a fresh process) says
@@ -14,15 +19,19 @@ inspecting and checking.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .common import ROOT, interleaved_processes, run_process
+from .common import ROOT, Samples, interleaved_processes, run_process
 
 LLAMA_SPEC = "transformers:llama-70b"
 LLAMA_POLICY = "bench/policies/llama_top.freeze"
+#: What a lint that builds the Llama model must import, and nothing else.
+LLAMA_FLOOR = "import torch, transformers; transformers.LlamaForCausalLM"
 
 
 def console_script() -> str:
@@ -46,24 +55,52 @@ def run(*, repeats: int = 7, llama_repeats: int = 3) -> dict[str, Any]:
     for name, proc in last.items():
         if proc.returncode != 0:
             raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.stdout}")
-    llama, llama_last = interleaved_processes(
-        {"lint_llama": [fp, "lint", "--model", LLAMA_SPEC, LLAMA_POLICY]}, repeats=llama_repeats
-    )
-    llama_proc = llama_last["lint_llama"]
+    llama = _llama(fp, repeats=llama_repeats)
     breakdown = run_process([sys.executable, "-m", "bench.lint_time", "--breakdown"])
+    llama["breakdown"] = json.loads(breakdown.stdout.strip().splitlines()[-1])
     return {
         "policies": policies,
-        "samples": {k: v.to_dict() for k, v in {**syntax, **llama}.items()},
+        "samples": {k: v.to_dict() for k, v in syntax.items()},
         "ratio_wall": syntax["lint"].median_wall / syntax["import_torch"].median_wall,
         "ratio_cpu": syntax["lint"].median_cpu / syntax["import_torch"].median_cpu,
-        "llama": {
-            "command": f"freezepolicy lint --model {LLAMA_SPEC} {LLAMA_POLICY}",
-            "exit_code": llama_proc.returncode,
-            "output": llama_proc.stdout.strip(),
-            "median_wall_s": llama["lint_llama"].median_wall,
-            "median_cpu_s": llama["lint_llama"].median_cpu,
-            "breakdown": json.loads(breakdown.stdout.strip().splitlines()[-1]),
-        },
+        "llama": llama,
+    }
+
+
+def _llama(fp: str, *, repeats: int) -> dict[str, Any]:
+    """Cold, warm and floor runs of the Llama lint, interleaved (see the module docstring).
+
+    Each round starts from its own empty cache directory: its cold run fills it, its warm run
+    (right after) reads it. The floor runs first in even rounds and last in odd ones.
+    """
+    lint = [fp, "lint", "--model", LLAMA_SPEC, LLAMA_POLICY]
+    floor = [sys.executable, "-c", LLAMA_FLOOR]
+    samples = {key: Samples() for key in ("cold", "warm", "floor")}
+    outputs: dict[str, tuple[int, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="freezepolicy-bench-") as tmp:
+        run_process(floor)  # warm-up: the page cache holds torch and transformers
+        for r in range(repeats):
+            env = {**os.environ, "FREEZEPOLICY_CACHE_DIR": os.path.join(tmp, str(r))}
+            env.pop("FREEZEPOLICY_NO_CACHE", None)
+            steps = [("cold", lint, env), ("warm", lint, env)]
+            steps = (
+                [("floor", floor, None), *steps] if r % 2 == 0 else [*steps, ("floor", floor, None)]
+            )
+            for key, cmd, cmd_env in steps:
+                proc = run_process(cmd, env=cmd_env)
+                samples[key].wall.append(proc.wall)
+                samples[key].cpu.append(proc.cpu)
+                outputs[key] = (proc.returncode, proc.stdout.strip())
+    if outputs["floor"][0] != 0:
+        raise RuntimeError(f"{LLAMA_FLOOR!r} failed:\n{outputs['floor'][1]}")
+    return {
+        "command": f"freezepolicy lint --model {LLAMA_SPEC} {LLAMA_POLICY}",
+        "floor_command": f"python -c {LLAMA_FLOOR!r}",
+        "exit_code": outputs["cold"][0],
+        "output": outputs["cold"][1],
+        # The cache must not change what lint says.
+        "warm_same_as_cold": outputs["warm"] == outputs["cold"],
+        **{key: s.to_dict() for key, s in samples.items()},
     }
 
 

@@ -161,19 +161,39 @@ def targets(results: dict[str, Any]) -> list[Row]:
                 _status(lint["ratio_wall"] <= 0.2, lint["ratio_cpu"] <= 0.2),
             )
         )
-        llama = lint["llama"]
-        ok = llama["exit_code"] == 0
-        rows.append(
-            Row(
-                "lint",
-                "`freezepolicy lint --model transformers:llama-70b`, whole process",
-                "< 3 s",
-                f"{_secs(llama['median_wall_s'])} (CPU {_secs(llama['median_cpu_s'])})"
-                + ("" if ok else f", exit code {llama['exit_code']}"),
-                _status(ok and llama["median_wall_s"] < 3, ok and llama["median_cpu_s"] < 3),
-            )
-        )
+        rows.extend(_llama_rows(lint["llama"]))
     return rows
+
+
+def _llama_rows(llama: dict[str, Any]) -> list[Row]:
+    ok = llama["exit_code"] == 0 and llama["warm_same_as_cold"]
+    problem = (
+        "" if ok else f", exit code {llama['exit_code']}, same output: {llama['warm_same_as_cold']}"
+    )
+    cold, warm, floor = llama["cold"], llama["warm"], llama["floor"]
+    what = "`freezepolicy lint --model transformers:llama-70b`, whole process"
+    warm_row = Row(
+        "lint",
+        what + ", layout cached (every run after the first)",
+        "< 3 s",
+        f"{_secs(warm['median_wall_s'])} (CPU {_secs(warm['median_cpu_s'])})" + problem,
+        _status(ok and warm["median_wall_s"] < 3, ok and warm["median_cpu_s"] < 3),
+    )
+    # A first run must build the model, so it cannot be faster than importing what builds it.
+    cold_ok = [cold[f"median_{c}_s"] < 3 for c in ("wall", "cpu")]
+    floor_over = all(floor[f"median_{c}_s"] >= 3 for c in ("wall", "cpu"))
+    cold_row = Row(
+        "lint",
+        what + ", first run (nothing cached: builds the model)",
+        "< 3 s",
+        f"{_secs(cold['median_wall_s'])} (CPU {_secs(cold['median_cpu_s'])}); importing torch "
+        f"and the Llama classes alone: {_secs(floor['median_wall_s'])} "
+        f"(CPU {_secs(floor['median_cpu_s'])})" + problem,
+        "not possible: the imports alone take longer"
+        if ok and not any(cold_ok) and floor_over
+        else _status(ok and cold_ok[0], ok and cold_ok[1]),
+    )
+    return [warm_row, cold_row]
 
 
 def table_text(results: dict[str, Any]) -> str:
@@ -398,18 +418,20 @@ def _details(results: dict[str, Any]) -> list[str]:
             "| command | wall (median) | CPU (median) |",
             "|---|---|---|",
         ]
+        llama = lint["llama"]
         labels = {
             "lint": "`freezepolicy lint " + " ".join(lint["policies"]) + "`",
             "import_torch": "`python -c 'import torch'`",
-            "lint_llama": f"`{lint['llama']['command']}`",
+            "cold": f"`{llama['command']}`, first run (empty layout cache)",
+            "warm": f"`{llama['command']}`, the run after it (layout cached)",
+            "floor": f"`{llama['floor_command']}`",
         }
         for key, label in labels.items():
-            out.append(
-                f"| {label} | {_secs(s[key]['median_wall_s'])} | {_secs(s[key]['median_cpu_s'])} |"
-            )
+            m = s[key] if key in s else llama[key]
+            out.append(f"| {label} | {_secs(m['median_wall_s'])} | {_secs(m['median_cpu_s'])} |")
         out += [
             "",
-            "Where the CPU time of `lint --model transformers:llama-70b` goes (one fresh "
+            "Where the CPU time of a first `lint --model transformers:llama-70b` goes (one fresh "
             "process, `python -m bench.lint_time --breakdown`):",
             "",
             "| stage | CPU |",
