@@ -475,13 +475,14 @@ def _bind(
 
 def _binding_for(
     model: nn.Module, policy: Policy | str | os.PathLike[str], steps_per_epoch: int | None
-) -> _Binding:
-    """The binding of `policy` to `model`, raising its errors (for param_groups)."""
+) -> tuple[_ModelSnapshot, _Binding]:
+    """What freezepolicy keeps about `model`, and the binding of `policy` to it, raising the
+    binding's errors (for param_groups and the Trainer callback)."""
     _check_steps_per_epoch(steps_per_epoch)
     _, snap = _snapshot(model)
     _, binding = _bind(snap, _as_policy(policy), steps_per_epoch)
     binding.raise_errors()
-    return binding
+    return snap, binding
 
 
 def _check_steps_per_epoch(steps_per_epoch: int | None) -> None:

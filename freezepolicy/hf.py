@@ -235,10 +235,8 @@ def _scheduler_for(scheduler: Any, optimizer: Any) -> Any:
     return scheduler
 
 
-def _policy_trainable(model: nn.Module, policy: Policy, per_epoch: int | None) -> list[int]:
+def _policy_trainable(snap: _apply._ModelSnapshot, binding: _apply._Binding) -> list[int]:
     """Indices (in the binding) of the tensors the policy makes trainable at some moment."""
-    binding = _apply._binding_for(model, policy, per_epoch)
-    _, snap = _apply._snapshot(model)
     out: set[int] = set()
     for epoch, step in binding.moments:
         for i, decision in enumerate(binding.merged(epoch, step)):
@@ -254,11 +252,11 @@ def _policy_trainable(model: nn.Module, policy: Policy, per_epoch: int | None) -
 def _policy_trainable_outside(
     model: nn.Module, policy: Policy, optimizer: torch.optim.Optimizer, per_epoch: int | None
 ) -> list[str]:
-    binding = _apply._binding_for(model, policy, per_epoch)
+    snap, binding = _apply._binding_for(model, policy, per_epoch)
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
     return [
         binding.names[i]
-        for i in _policy_trainable(model, policy, per_epoch)
+        for i in _policy_trainable(snap, binding)
         if id(binding.params[i]) not in held
     ]
 
@@ -269,10 +267,10 @@ def _trainable_for_creation(
 ) -> Iterator[None]:
     """Make every tensor the policy trains at some moment trainable while the Trainer builds its
     optimizer (it takes only tensors with requires_grad=True), then put requires_grad back."""
-    binding = _apply._binding_for(model, policy, per_epoch)
+    snap, binding = _apply._binding_for(model, policy, per_epoch)
     raised = [
         binding.params[i]
-        for i in _policy_trainable(model, policy, per_epoch)
+        for i in _policy_trainable(snap, binding)
         if not binding.params[i].requires_grad
     ]
     for p in raised:

@@ -151,7 +151,7 @@ def param_groups(
     """
     from .apply import _binding_for  # apply imports this module at load time
 
-    binding = _binding_for(model, policy, steps_per_epoch)
+    _, binding = _binding_for(model, policy, steps_per_epoch)
     groups: list[dict[str, Any]] = []
     for key, members in binding.groups().items():
         timeline = binding.timelines[key]
