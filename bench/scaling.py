@@ -177,7 +177,7 @@ def _breakdown(model: nn.Module, policy: freezepolicy.Policy, repeats: int) -> d
     root = fp_apply.unwrap(model)
     info = inspect_model(root)
     snap = fp_apply._ModelSnapshot(
-        info.fingerprint, info.names, info.params, info.tied, dict(info.module_types), []
+        info.fingerprint, info.names, info.params, info.tied, info.module_types, []
     )
     stages = {
         "walk the modules (parameter_ids, the floor of any look at the model)": lambda: (

@@ -427,7 +427,7 @@ def _snapshot(model: nn.Module) -> tuple[nn.Module, _ModelSnapshot]:
             if isinstance(m, norm_classes) and norm.has_running_stats(m)
         ]
     snap = _ModelSnapshot(
-        info.fingerprint, info.names, info.params, info.tied, dict(info.module_types), norms
+        info.fingerprint, info.names, info.params, info.tied, info.module_types, norms
     )
     if old is not None and old.originals:
         # Tensors the model still holds keep the requires_grad recorded before freezepolicy

@@ -69,17 +69,6 @@ class ModelInfo:
         apply needs it for no model, and it costs 0.03 s at 100k modules."""
         return dict(zip(self.module_paths, self.module_list, strict=True))
 
-    def unique(self) -> dict[str, nn.Parameter]:
-        """One entry per tensor, under its first name."""
-        out: dict[str, nn.Parameter] = {}
-        seen: set[int] = set()
-        for name in self.names:
-            p = self.params[name]
-            if id(p) not in seen:
-                seen.add(id(p))
-                out[name] = p
-        return out
-
 
 def _class_names(module: nn.Module) -> frozenset[str]:
     return frozenset(c.__name__ for c in type(module).__mro__ if c is not object)
