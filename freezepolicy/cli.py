@@ -290,17 +290,12 @@ def _layout(spec: str, *, use_cache: bool) -> ModelLayout:
     """A model's layout from a spec: cached for built-in specs (see `freezepolicy.layout_cache`);
     torch is imported only to build a model, never for plain lint or fmt."""
     from .layout_cache import model_layout
+    from .models import ModelSpecError  # torch-free: models imports torch only to build
 
     try:
         return model_layout(spec, use_cache=use_cache)
-    except Exception as exc:
-        # Imported only now: a cache hit never needs freezepolicy.models, and a ModelSpecError
-        # can only come from a build, which has imported it already.
-        from .models import ModelSpecError
-
-        if isinstance(exc, ModelSpecError):
-            raise UsageError(str(exc)) from None
-        raise
+    except ModelSpecError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _model_names(spec: str, *, use_cache: bool) -> ModelNames:
