@@ -6,7 +6,7 @@
   80-layer Llama-style model built on the meta device, whole process, target under 3 s. Measured
   twice per round: *cold*, with an empty model layout cache (the first run for this spec and
   these library versions: it builds the model, which needs torch and transformers), and *warm*,
-  the run after it (the layout comes from the cache, see freezepolicy.layout_cache). Next to
+  the run after it (the layout comes from the cache, see freezepolicy.cli.layout_cache). Next to
   them the *floor* of a cold run: a process that only imports torch and transformers' Llama
   classes, which a run that builds the model cannot avoid.
 
@@ -125,12 +125,13 @@ def _breakdown() -> dict[str, float]:
     lap("import LlamaConfig")
     transformers.LlamaForCausalLM  # noqa: B018
     lap("import LlamaForCausalLM (transformers' modeling stack)")
-    from freezepolicy.models import build_model
+    from freezepolicy.cli.models import build_model
 
     model = build_model(LLAMA_SPEC)
     lap("build on the meta device")
-    from freezepolicy.lint import ModelNames, lint_file_models
-    from freezepolicy.modelinfo import inspect_model
+    from freezepolicy.lang.checks import ModelNames
+    from freezepolicy.lang.lint import lint_file_models
+    from freezepolicy.runtime.modelinfo import inspect_model
 
     info = inspect_model(model)
     lap("inspect_model")

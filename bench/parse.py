@@ -26,7 +26,7 @@ import re
 from typing import Any
 
 import freezepolicy
-from freezepolicy import patterns, policy
+from freezepolicy.lang import matcher, patterns
 
 from .common import ROOT, Samples, timed
 
@@ -82,7 +82,7 @@ def clear_caches() -> None:
     patterns.name_pattern_regex.cache_clear()
     patterns.compile_name_pattern.cache_clear()
     patterns.compile_type_pattern.cache_clear()
-    policy._part_regex_cached.cache_clear()
+    matcher._part_regex_cached.cache_clear()
     re.purge()
 
 

@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 import freezepolicy
-from freezepolicy import apply as fp_apply
-from freezepolicy.modelinfo import inspect_model
+from freezepolicy.runtime import apply as fp_apply
+from freezepolicy.runtime import binding as fp_binding
+from freezepolicy.runtime.modelinfo import inspect_model, parameter_ids, unwrap
 
 from .common import Samples, timed
 
@@ -137,7 +138,7 @@ def build(layers: int, experts: int = EXPERTS) -> nn.Module:
 def forget(model: nn.Module) -> None:
     """Drop what freezepolicy keeps about `model` and restore requires_grad, so the next apply
     is a first apply again (as on a freshly built model, without building it again)."""
-    snap = fp_apply._MODELS.pop(fp_apply.unwrap(model), None)
+    snap = fp_binding._MODELS.pop(unwrap(model), None)
     if snap is not None:
         for p in model.parameters():
             p.requires_grad_(snap.original(p))
@@ -174,20 +175,20 @@ def run(
 def _breakdown(model: nn.Module, policy: freezepolicy.Policy, repeats: int) -> dict[str, float]:
     """Median CPU seconds of the stages of a first apply, each run on its own."""
     forget(model)
-    root = fp_apply.unwrap(model)
+    root = unwrap(model)
     info = inspect_model(root)
-    snap = fp_apply._ModelSnapshot(
+    snap = fp_binding.ModelSnapshot(
         info.fingerprint, info.names, info.params, info.tied, info.module_types, []
     )
     stages = {
         "walk the modules (parameter_ids, the floor of any look at the model)": lambda: (
-            fp_apply.parameter_ids(root)
+            parameter_ids(root)
         ),
         "inspect_model (names, module classes, tied tensors)": lambda: inspect_model(root),
         "match the selectors (bind, signatures)": lambda: (
             policy.bind(info.names, info.module_types).signatures
         ),
-        "the rest of the binding (classes, timeline, groups, checks)": lambda: fp_apply._Binding(
+        "the rest of the binding (classes, timeline, groups, checks)": lambda: fp_binding.Binding(
             policy, snap, None
         ),
     }

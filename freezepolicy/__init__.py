@@ -1,29 +1,40 @@
 """freezepolicy: declare which parameters of a PyTorch model train, at what learning rate, and when.
 
-The core (parse, compile, resolve, lint) imports without torch; the torch-facing names are loaded
-on first use.
+This file is the public face of the package: a short list of names from its layers (lang,
+runtime, integrations; docs/architecture.md). The core (parse, compile, resolve, lint) imports
+without torch; the torch-facing names are loaded on first use.
 """
 
 from __future__ import annotations
 
-from .api import load, parse
-from .errors import (
+from typing import TYPE_CHECKING
+
+from .lang.api import load, parse
+from .lang.bound import BoundPolicy
+from .lang.errors import (
     Diagnostic,
     PolicyError,
     PolicyResolveError,
     PolicySourceError,
     PolicySyntaxError,
 )
-from .policy import BoundPolicy, Decision, Policy, Rate
+from .lang.policy import Policy
+from .lang.rules import Decision, Rate
+from .version import __version__
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers
+    from .integrations.loop import FreezeScheduler
+    from .runtime.apply import apply_policy
+    from .runtime.groups import group_lrs, param_groups
+    from .runtime.report import ApplyReport
 
 # Torch-facing names, imported on first use: `import freezepolicy` (and `lint`) never loads torch.
 _LAZY = {
-    "apply_policy": "freezepolicy.apply",
-    "ApplyReport": "freezepolicy.apply",
-    "param_groups": "freezepolicy.optim",
-    "FreezeScheduler": "freezepolicy.schedule",
+    "apply_policy": "freezepolicy.runtime.apply",
+    "ApplyReport": "freezepolicy.runtime.report",
+    "param_groups": "freezepolicy.runtime.groups",
+    "group_lrs": "freezepolicy.runtime.groups",
+    "FreezeScheduler": "freezepolicy.integrations.loop",
 }
 
 
@@ -52,6 +63,7 @@ __all__ = [
     "Rate",
     "__version__",
     "apply_policy",
+    "group_lrs",
     "load",
     "param_groups",
     "parse",

@@ -17,7 +17,7 @@ import pytest
 
 HERE = Path(__file__).parent
 
-# The model layout cache (freezepolicy.layout_cache) of the whole run goes to a fresh temporary
+# The model layout cache (freezepolicy.cli.layout_cache) of the whole run goes to a fresh temporary
 # directory, never the user's ~/.cache. Set here, at import, rather than in a fixture: test
 # modules copy os.environ at import for the subprocesses they start (test_resume's ENV), and
 # those must see it too.

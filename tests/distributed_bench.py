@@ -24,7 +24,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import freezepolicy as fp
-from freezepolicy import distributed as fpdist
+from freezepolicy.runtime import ddp as fpddp
+from freezepolicy.runtime import distributed as fpdist
 
 
 def ms(samples: list[float]) -> str:
@@ -80,7 +81,7 @@ def bench(rank: int, name: str, build) -> None:
         fp.apply_policy(model, policy, opt, step=moment)  # schedules the rebuild
         changes.append(time.perf_counter() - t)
         t = time.perf_counter()
-        fpdist._rebuild_if_pending(model, ())
+        fpddp.rebuild_if_pending(model, ())
         rebuilds.append(time.perf_counter() - t)
         # The new reducer allocates its buckets at the first backward and learns their order
         # then; DDP re-buckets at the second forward. Steps 3-5 are the steady state of the new
@@ -100,15 +101,15 @@ def bench(rank: int, name: str, build) -> None:
         DDP(net)
         rewraps.append(time.perf_counter() - t)
 
-    hook = fpdist._RebuildHook()
+    hook = fpddp.RebuildHook()
     t = time.perf_counter()
     for _ in range(10_000):
         hook(model, ())
     per_forward = (time.perf_counter() - t) / 10_000
 
-    fpdist._OUTER.clear()
+    fpddp._OUTER.clear()
     t = time.perf_counter()
-    found = fpdist._scan_for_ddp(net)
+    found = fpddp._scan_for_ddp(net)
     scan = time.perf_counter() - t
     assert found is model
     if rank == 0:

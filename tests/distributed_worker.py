@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import freezepolicy as fp
-from freezepolicy import distributed as fpdist
+from freezepolicy.runtime import ddp as fpddp
 
 #: The schedule every training scenario uses (the test holds the same table, written by hand).
 POLICY = """\
@@ -152,7 +152,7 @@ def _train_ddp(rank: int, ddp_kwargs: dict, *, hook: bool, inner: bool, builtin:
         "initial": initial,
         "history": history,
         "trainable": flags,
-        "rebuilds": fpdist.reducer_rebuilds(model),
+        "rebuilds": fpddp.reducer_rebuilds(model),
         "comm_hook": model._get_ddp_logging_data().get("comm_hook"),
     }
     if recorder is not None:
@@ -234,8 +234,8 @@ def ddp_rewrap(rank: int) -> dict:
         "initial": initial,
         "history": history,
         "trainable": flags,
-        "rebuilds": fpdist.reducer_rebuilds(model),
-        "first_rebuilds": fpdist.reducer_rebuilds(first),
+        "rebuilds": fpddp.reducer_rebuilds(model),
+        "first_rebuilds": fpddp.reducer_rebuilds(first),
     }
 
 
@@ -417,7 +417,7 @@ def hf_trainer(rank: int) -> dict:
 
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from freezepolicy.hf import FreezePolicyCallback
+    from freezepolicy.integrations.hf import FreezePolicyCallback
 
     # What torchrun would set. The process group is already up, so the Trainer (through
     # accelerate) only reads these and never opens the address.
@@ -472,7 +472,7 @@ def hf_trainer(rank: int) -> dict:
         "history": history,
         "trainable": flags,
         "wrapper": wrapper,
-        "rebuilds": fpdist.reducer_rebuilds(trainer.model_wrapped),
+        "rebuilds": fpddp.reducer_rebuilds(trainer.model_wrapped),
     }
 
 

@@ -16,8 +16,8 @@ torchvision = pytest.importorskip("torchvision")
 import model_factories  # noqa: E402
 
 import freezepolicy as fp  # noqa: E402
-from freezepolicy import norm  # noqa: E402
-from freezepolicy.modelinfo import normalize_name  # noqa: E402
+from freezepolicy.runtime import norm  # noqa: E402
+from freezepolicy.runtime.modelinfo import normalize_name  # noqa: E402
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 Y = torch.tensor([1, 7])

@@ -24,8 +24,8 @@ torchvision = pytest.importorskip("torchvision")
 from model_factories import tiny_bert_config  # noqa: E402
 
 import freezepolicy as fp  # noqa: E402
-from freezepolicy import norm  # noqa: E402
-from freezepolicy.optim import MARKER  # noqa: E402
+from freezepolicy.runtime import norm  # noqa: E402
+from freezepolicy.runtime.rates import MARKER  # noqa: E402
 
 RESNET_SELECTORS = [
     "*",
@@ -218,7 +218,8 @@ def test_frozen_stays_bit_for_bit_and_trainable_moves(resnet, text, moment, opti
 
 
 def _module_types(model: nn.Module) -> dict[str, set[str]]:
-    """Independent of freezepolicy.modelinfo: class names (with bases) of every enclosing module."""
+    """Independent of freezepolicy.runtime.modelinfo: class names (with bases) of every
+    enclosing module."""
     classes = {
         path: {c.__name__ for c in type(m).__mro__ if c is not object}
         for path, m in model.named_modules()

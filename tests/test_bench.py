@@ -22,10 +22,11 @@ from torch import nn
 
 import freezepolicy
 from bench import common, lint_time, parse, report, run, scaling, step_time
-from freezepolicy import modelinfo
-from freezepolicy.lint import lint_text
-from freezepolicy.patterns import PatternError, compile_name_pattern
-from freezepolicy.policy import Decision, Rule, _PartMatcher
+from freezepolicy.lang.lint import lint_text
+from freezepolicy.lang.matcher import PartMatcher
+from freezepolicy.lang.patterns import PatternError, compile_name_pattern
+from freezepolicy.lang.rules import Decision, Rule
+from freezepolicy.runtime import modelinfo
 
 ROOT = Path(__file__).resolve().parent.parent
 RESNET18 = (ROOT / "tests/resnet18_names.txt").read_text().split()
@@ -177,7 +178,7 @@ PATTERNS = st.lists(
 def test_part_matcher_agrees_with_each_selector_regex(
     patterns: list[tuple[str, bool]], names: list[str]
 ) -> None:
-    matcher = _PartMatcher(patterns)
+    matcher = PartMatcher(patterns)
     for name, bits in zip(names, matcher.bits_of(names), strict=True):
         for p, (text, anchored) in enumerate(patterns):
             expected = bool(compile_name_pattern(text, anchored).search(name))

@@ -1,6 +1,6 @@
-"""`make demo` (freezepolicy/demo.py) on a reduced setting: what it claims holds, and it produces
-its table and figure. The two-phase runs keep the epochs of the real policy (they take about a
-second); the transfer runs are shortened."""
+"""The digits demo (freezepolicy/demo/digits.py) on a reduced setting: what it claims holds, and it
+produces its table and figure. The two-phase runs keep the epochs of the real policy (they take
+about a second); the transfer runs are shortened."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
 from freezepolicy import load, parse  # noqa: E402
-from freezepolicy.demo import (  # noqa: E402
+from freezepolicy.demo.digits import phases_table, results_table, run_demo  # noqa: E402
+from freezepolicy.demo.digits_runs import (  # noqa: E402
     HEAD_ONLY,
     POLICY_DIR,
     TWO_PHASE,
@@ -20,9 +21,6 @@ from freezepolicy.demo import (  # noqa: E402
     build_mlp,
     load_tasks,
     new_head,
-    phases_table,
-    results_table,
-    run_demo,
     train,
     unfreeze_epoch,
 )

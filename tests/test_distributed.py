@@ -36,8 +36,8 @@ import pytest
 import torch
 
 import freezepolicy as fp
-from freezepolicy import distributed as fpdist
-from freezepolicy.errors import CODES
+from freezepolicy.lang.errors import CODES
+from freezepolicy.runtime import distributed as fpdist
 
 HERE = Path(__file__).parent
 WORKER = HERE / "distributed_worker.py"

@@ -22,8 +22,8 @@ from freezepolicy import (
     PolicySourceError,
     PolicySyntaxError,
 )
-from freezepolicy.errors import CODES, Diagnostic
-from freezepolicy.parser import MAX_ERRORS
+from freezepolicy.lang.errors import CODES, Diagnostic
+from freezepolicy.lang.parser import MAX_ERRORS
 
 PATH = "policy.freeze"
 STATEMENT_WORDS = "(a statement starts with `freeze`, `unfreeze`, `lr`, `decay` or `stats`)"
@@ -754,7 +754,7 @@ _CHILD = textwrap.dedent(
     """
     import sys
     import freezepolicy
-    from freezepolicy.lint import check_names
+    from freezepolicy.lang.checks import check_names
     case = sys.argv[1]
     mb = 1_000_000
     line = "lr 1e-4 for layer1..4.0..3.conv[12].weight, ^fc except bias at epoch 3  # ok\\n"

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 import freezepolicy as fp
-from freezepolicy.hf import FreezePolicyCallback, attach, steps_per_epoch
+from freezepolicy.integrations.hf import FreezePolicyCallback, attach, steps_per_epoch
 
 EXAMPLES, LENGTH, BATCH = 256, 8, 64
 STEPS_PER_EPOCH = EXAMPLES // BATCH  # 4
@@ -319,7 +319,7 @@ def test_multipliers_compose_with_the_trainers_schedule(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     total, warmup = 8, 2
-    with caplog.at_level(logging.WARNING, logger="freezepolicy.hf"):
+    with caplog.at_level(logging.WARNING, logger="freezepolicy.integrations.hf"):
         # Checkpointing on (never reached): the split groups need attach to resume; it says so.
         run = train(
             tmp_path / "rates",
@@ -330,7 +330,7 @@ def test_multipliers_compose_with_the_trainers_schedule(
             save_strategy="steps",
             save_steps=1000,
         )
-    assert any("freezepolicy.hf.attach" in r.getMessage() for r in caplog.records)
+    assert any("freezepolicy.integrations.hf.attach" in r.getMessage() for r in caplog.records)
 
     def group_of(groups: list[tuple[float, float, list[str]]], name: str) -> tuple[float, float]:
         (found,) = [(lr, wd) for lr, wd, names in groups if name in names]

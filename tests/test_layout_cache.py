@@ -1,6 +1,6 @@
-"""The model layout cache (`freezepolicy.layout_cache`): a hit is the layout a fresh build gives,
-a warm `lint --model` / `show --model` imports no torch and prints the same bytes, and anything
-wrong with the cache (bad file, other key, unwritable directory) only costs a rebuild."""
+"""The model layout cache (`freezepolicy.cli.layout_cache`): a hit is the layout a fresh build
+gives, a warm `lint --model` / `show --model` imports no torch and prints the same bytes, and
+anything wrong with the cache (bad file, other key, unwritable directory) only costs a rebuild."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from freezepolicy import layout_cache
-from freezepolicy.cli import main
-from freezepolicy.layout_cache import model_layout
+from freezepolicy.cli import layout_cache, main
+from freezepolicy.cli.layout_cache import model_layout
 
 pytest.importorskip("torchvision")
 
@@ -44,8 +43,8 @@ def no_build(spec: str):
 
 
 def fresh(spec: str):
-    from freezepolicy.models import build_model
-    from freezepolicy.show import layout_from_model
+    from freezepolicy.cli.layout import layout_from_model
+    from freezepolicy.cli.models import build_model
 
     return layout_from_model(build_model(spec))
 
@@ -224,9 +223,9 @@ def test_no_cache_ignores_a_cached_layout(cache, monkeypatch) -> None:
 
 
 def test_user_factories_and_bad_specs_are_never_cached(cache, capsys) -> None:
-    from freezepolicy.models import ModelSpecError
+    from freezepolicy.cli.models import ModelSpecError
 
-    assert model_layout("freezepolicy.demo:mlp").names[0] == "fc1.weight"
+    assert model_layout("freezepolicy.demo.digits_runs:mlp").names[0] == "fc1.weight"
     with pytest.raises(ModelSpecError, match="resnet18"):
         model_layout("torchvision:resnet81")
     capsys.readouterr()

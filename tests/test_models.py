@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 pytest.importorskip("transformers")
 
-from freezepolicy.models import (  # noqa: E402
+from freezepolicy.cli.models import (  # noqa: E402
     HF_ALIASES,
     HF_ARCHITECTURES,
     ModelSpecError,

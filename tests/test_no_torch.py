@@ -70,7 +70,7 @@ LIBRARY_SCRIPT = textwrap.dedent(
     """
     import sys
     import freezepolicy
-    from freezepolicy.lint import lint_file, lint_text
+    from freezepolicy.lang.lint import lint_file, lint_text
 
     names = [line.strip() for line in open(sys.argv[1], encoding="utf-8") if line.strip()]
     policy = freezepolicy.parse(
@@ -156,3 +156,23 @@ def test_cli_works_without_torch(no_torch_env, tmp_path, args, status, expected)
     assert expected in done.stdout
     assert "NO-TORCH" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_every_module_of_the_language_layer_imports_without_torch(no_torch_env, tmp_path) -> None:
+    """The whole language layer (freezepolicy/lang), module by module, with torch blocked: the
+    layering test (test_architecture.py) reads the imports; this runs them."""
+    lang = HERE.parent / "freezepolicy" / "lang"
+    modules = sorted(p.stem for p in lang.glob("*.py") if p.stem != "__init__")
+    assert len(modules) > 10  # the layer is there, not an empty glob
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module('freezepolicy.lang.' + name)\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]\n"
+        "assert not heavy, heavy\n"
+        "print(len(sys.modules) > 0)\n"
+    )
+    done = run(["-c", script], no_torch_env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True\n"
+    assert "NO-TORCH" not in done.stderr

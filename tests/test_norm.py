@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import freezepolicy as fp
-from freezepolicy import norm
+from freezepolicy.runtime import norm
 
 X = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
 

@@ -13,7 +13,8 @@ from model_factories import tiny_bert_config
 from torch import nn
 
 import freezepolicy as fp
-from freezepolicy.optim import MARKER, group_lrs
+from freezepolicy.runtime.groups import group_lrs
+from freezepolicy.runtime.rates import MARKER
 
 X = torch.randn(8, 6, generator=torch.Generator().manual_seed(2))
 

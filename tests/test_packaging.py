@@ -75,15 +75,25 @@ def installed(wheel: Path, tmp_path_factory) -> Path:
 def test_wheel_carries_the_grammar_byte_for_byte(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
-        assert "freezepolicy/freeze.lark" in names
-        assert zf.read("freezepolicy/freeze.lark") == GRAMMAR.read_bytes()
+        assert "freezepolicy/lang/freeze.lark" in names
+        assert zf.read("freezepolicy/lang/freeze.lark") == GRAMMAR.read_bytes()
         # RECORD lists the grammar with the right hash, so installers accept and verify it.
         (record,) = [n for n in names if n.endswith(".dist-info/RECORD")]
         rows = {row[0]: row[1] for row in csv.reader(io.StringIO(zf.read(record).decode()))}
         digest = base64.urlsafe_b64encode(hashlib.sha256(GRAMMAR.read_bytes()).digest())
-        assert rows["freezepolicy/freeze.lark"] == "sha256=" + digest.rstrip(b"=").decode()
+        assert rows["freezepolicy/lang/freeze.lark"] == "sha256=" + digest.rstrip(b"=").decode()
         # The core modules are there; the checkout-only directories are not.
-        for module in ("__init__", "__main__", "api", "cli", "grammar", "parser", "policy"):
+        for module in (
+            "__init__",
+            "__main__",
+            "lang/api",
+            "lang/grammar",
+            "lang/parser",
+            "lang/policy",
+            "runtime/apply",
+            "integrations/loop",
+            "cli/main",
+        ):
             assert f"freezepolicy/{module}.py" in names
         assert not any(n.startswith(("tests/", "grammar/")) for n in names)
 
@@ -94,7 +104,7 @@ def test_wheel_declares_the_console_script(wheel: Path) -> None:
         config = configparser.ConfigParser()
         config.read_string(zf.read(entry_points).decode())
         target = config["console_scripts"]["freezepolicy"]
-        assert target == "freezepolicy.cli:main"
+        assert target == "freezepolicy.cli.main:main"
         # The module it names is in the wheel and defines `main` (cel-python once shipped a
         # console script pointing at a module that did not exist).
         module, _, attr = target.partition(":")
@@ -115,7 +125,7 @@ def test_installed_package_loads_its_grammar_outside_the_checkout(
     script = (
         "import sys, freezepolicy\n"
         "from freezepolicy.cli import main\n"
-        "from freezepolicy.grammar import grammar_path\n"
+        "from freezepolicy.lang.grammar import grammar_path\n"
         "print(freezepolicy.__file__)\n"
         "print(grammar_path())\n"
         "p = freezepolicy.parse('freeze * except fc; lr 0 for layer1..3')\n"
@@ -124,7 +134,8 @@ def test_installed_package_loads_its_grammar_outside_the_checkout(
     done = _run([sys.executable, "-c", script], cwd=tmp_path, env=_outside_env(installed))
     package_file, grammar, result = done.stdout.splitlines()
     assert Path(package_file).resolve().is_relative_to(installed.resolve())
-    assert Path(grammar).resolve() == (installed / "freezepolicy" / "freeze.lark").resolve()
+    packaged = installed / "freezepolicy" / "lang" / "freeze.lark"
+    assert Path(grammar).resolve() == packaged.resolve()
     assert Path(grammar).read_bytes() == GRAMMAR.read_bytes()
     assert not Path(grammar).resolve().is_relative_to(ROOT)
     assert result == "2 True"

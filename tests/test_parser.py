@@ -1,17 +1,16 @@
 """The parser: statements parse into exactly the AST written by hand, with the right spans.
 
-Expected ASTs are built from freezepolicy.nodes directly, never copied from parser output. Spans
-are excluded from node equality, so they are checked separately, against columns counted by hand
-(1-based, end column exclusive).
-"""
+Expected ASTs are built from freezepolicy.lang.nodes directly, never copied from parser output.
+Spans are excluded from node equality, so they are checked separately, against columns counted
+by hand (1-based, end column exclusive)."""
 
 from __future__ import annotations
 
 import pytest
 
 import freezepolicy
-from freezepolicy.grammar import build_parser, grammar_path
-from freezepolicy.nodes import (
+from freezepolicy.lang.grammar import build_parser, grammar_path
+from freezepolicy.lang.nodes import (
     Comment,
     NamePattern,
     Selection,

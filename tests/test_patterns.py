@@ -15,13 +15,13 @@ from reference_matcher import matches as reference_matches
 from reference_matcher import split_parts
 
 import freezepolicy
-from freezepolicy.nodes import NamePattern, Selection, Statement
-from freezepolicy.patterns import (
+from freezepolicy.lang.nodes import NamePattern, Selection, Statement
+from freezepolicy.lang.patterns import (
     compile_name_pattern,
     name_pattern_regex,
     range_regex,
 )
-from freezepolicy.policy import Policy
+from freezepolicy.lang.policy import Policy
 
 
 def selects(pattern: str, name: str) -> bool:
@@ -661,7 +661,7 @@ def test_reference_agrees_on_real_names(
 def test_stars_before_variable_width_text_are_capped() -> None:
     """Stars followed by a range or `{...}` must backtrack; more than a few could take
     polynomial time of high degree on a near-miss, so they are refused with FP125."""
-    from freezepolicy.patterns import MAX_FLEXIBLE_STARS, PatternError
+    from freezepolicy.lang.patterns import MAX_FLEXIBLE_STARS, PatternError
 
     ok = "*{a,b}" * MAX_FLEXIBLE_STARS + "*c"
     assert compile_name_pattern(ok).search("x.abac.y")

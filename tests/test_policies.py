@@ -18,8 +18,8 @@ from torch import nn  # noqa: E402
 
 from freezepolicy import load  # noqa: E402
 from freezepolicy.cli import main  # noqa: E402
-from freezepolicy.modelinfo import inspect_model  # noqa: E402
-from freezepolicy.models import build_model  # noqa: E402
+from freezepolicy.cli.models import build_model  # noqa: E402
+from freezepolicy.runtime.modelinfo import inspect_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -37,7 +37,7 @@ MODELS = {
         ["torchvision:resnet18", "transformers:bert-base-uncased", "transformers:llama-3-8b"],
     ],
     "mlp_two_phase.freeze": [["tests.model_factories:mlp"]],
-    "mlp_head_only.freeze": [["freezepolicy.demo:mlp"]],
+    "mlp_head_only.freeze": [["freezepolicy.demo.digits_runs:mlp"]],
 }
 
 _built: dict[str, nn.Module] = {}

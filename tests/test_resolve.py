@@ -12,7 +12,7 @@ from reference_matcher import matches as reference_matches
 
 import freezepolicy
 from freezepolicy import Decision, Policy, Rate
-from freezepolicy.nodes import NamePattern, Statement, TypePattern
+from freezepolicy.lang.nodes import NamePattern, Statement, TypePattern
 
 NAMES = [
     "conv1.weight",

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 
 import freezepolicy
-from freezepolicy.grammar import build_parser
-from freezepolicy.nodes import (
+from freezepolicy.lang.grammar import build_parser
+from freezepolicy.lang.nodes import (
     FOLLOW_KEYWORDS,
     Duration,
     NamePattern,
@@ -24,9 +24,9 @@ from freezepolicy.nodes import (
     Value,
     When,
 )
-from freezepolicy.parser import MAX_ERRORS
-from freezepolicy.patterns import compile_name_pattern, compile_type_pattern
-from freezepolicy.policy import Policy
+from freezepolicy.lang.parser import MAX_ERRORS
+from freezepolicy.lang.patterns import compile_name_pattern, compile_type_pattern
+from freezepolicy.lang.policy import Policy
 
 CANONICAL = sorted((Path(__file__).parent / "canonical").glob("*.freeze"))
 

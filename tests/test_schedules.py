@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import freezepolicy
-from freezepolicy.lint import check_names
-from freezepolicy.nodes import Duration, NamePattern, When
+from freezepolicy.lang.checks import check_names
+from freezepolicy.lang.nodes import Duration, NamePattern, When
 
 NAMES = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "out.weight", "out.bias"]
 

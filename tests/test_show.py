@@ -22,15 +22,12 @@ pytest.importorskip("transformers")
 
 from freezepolicy import parse  # noqa: E402
 from freezepolicy.cli import main  # noqa: E402
-from freezepolicy.lint import ModelNames, check_model  # noqa: E402
-from freezepolicy.models import build_model  # noqa: E402
-from freezepolicy.show import (  # noqa: E402
-    ModelLayout,
-    PolicyView,
-    format_text,
-    layout_from_model,
-    to_json,
-)
+from freezepolicy.cli.layout import ModelLayout, layout_from_model  # noqa: E402
+from freezepolicy.cli.models import build_model  # noqa: E402
+from freezepolicy.cli.show_json import to_json  # noqa: E402
+from freezepolicy.cli.show_text import format_text  # noqa: E402
+from freezepolicy.cli.view import PolicyView  # noqa: E402
+from freezepolicy.lang.checks import ModelNames, check_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

@@ -7,20 +7,18 @@ lines folded to one, and a single newline at the end.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from .nodes import Comment, Statement
-
-if TYPE_CHECKING:
-    from .policy import Policy
 
 
 def format_statement(statement: Statement) -> str:
     return str(statement)
 
 
-def format_policy(policy: Policy) -> str:
-    items: list[Statement | Comment] = [*policy.statements, *policy.comments]
+def format_policy(statements: Sequence[Statement], comments: Sequence[Comment] = ()) -> str:
+    """Statements and comments (in source order by their spans) as canonical text."""
+    items: list[Statement | Comment] = [*statements, *comments]
     items.sort(key=lambda it: (it.span.line, it.span.column))
     out: list[str] = []
     last_line = None  # source line of the previous item

@@ -26,9 +26,10 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
-from .api import load
-from .apply import ApplyReport, apply_policy
-from .policy import Policy
+from ..lang.api import load
+from ..lang.policy import Policy
+from ..runtime.apply import apply_policy
+from ..runtime.report import ApplyReport
 
 
 class FreezeScheduler:

@@ -84,7 +84,7 @@ def _same_length(a: str, b: str) -> str:
     return pieces[0] if len(pieces) == 1 else "(?:" + "|".join(pieces) + ")"
 
 
-class _Part:
+class Part:
     """Translates the characters of one dot-free piece of a pattern into regex text."""
 
     def __init__(self, text: str, base: int) -> None:
@@ -276,12 +276,12 @@ class _Part:
             )
         options, offset = [], start + 1
         for option in body.split(","):
-            options.append(_Part(option, self.base + offset).translate(in_braces=True))
+            options.append(Part(option, self.base + offset).translate(in_braces=True))
             offset += len(option) + 1
         return "(?:" + "|".join(options) + ")", end + 1
 
 
-def _split_parts(text: str) -> list[tuple[str, int]]:
+def split_parts(text: str) -> list[tuple[str, int]]:
     """Split on the dots that separate parts, keeping the `..` of numeric ranges inside a part."""
     parts: list[tuple[str, int]] = []
     start = i = 0
@@ -312,7 +312,7 @@ def name_pattern_regex(text: str) -> str:
         )
     regex = ""
     pending_any = False  # a `**` part waits to be joined in front of the next part
-    for part, offset in _split_parts(text):
+    for part, offset in split_parts(text):
         if part == "":
             raise PatternError(
                 "FP124",
@@ -322,7 +322,7 @@ def name_pattern_regex(text: str) -> str:
         if part == "**":
             pending_any = True
             continue
-        piece = _Part(part, offset).translate()
+        piece = Part(part, offset).translate()
         if regex:
             regex += r"(?:\.[^.]+)*\." if pending_any else r"\."
         elif pending_any:
@@ -354,4 +354,4 @@ def compile_type_pattern(text: str) -> re.Pattern[str]:
     for i, c in enumerate(text):
         if not (c.isalnum() or c == "_" or c in "*?[]{},!^-"):
             raise PatternError("FP129", f"`{c}` cannot appear in a class name", i)
-    return re.compile(_Part(text, 0).translate())
+    return re.compile(Part(text, 0).translate())

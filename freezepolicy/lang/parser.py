@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 
 from lark import Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedInput, UnexpectedToken
 
 from .errors import Diagnostic, PolicySourceError, PolicySyntaxError
 from .grammar import build_parser
 from .nodes import (
     FOLLOW_KEYWORDS,
-    STATEMENT_KEYWORDS,
     Comment,
     Duration,
     NamePattern,
@@ -27,120 +24,14 @@ from .nodes import (
     When,
 )
 from .patterns import PatternError, compile_type_pattern, name_pattern_regex
+from .syntax import clip, statement_start, syntax_diagnostic
 
 #: Report at most this many problems per file; one more line says the rest were not shown.
 MAX_ERRORS = 20
 
-# What each terminal means, in words a user knows. Keys are lark's terminal names.
-_EXPECTED_WORDS: dict[str, str] = {
-    "PATTERN": "a selector such as `layer1` or `*`",
-    "TYPE_PATTERN": "a selector such as `layer1` or `*`",
-    "NUMBER": "a number",
-    "CLOCK": "`epoch` or `step`",
-    "COMMA": "`,`",
-    "_EXCEPT": "`except`",
-    "THEN": "`then`",
-    "EVERY": "`every`",
-    "WARMUP": "`warmup`",
-    "AT": "`at`",
-    "FOR": "`for`",
-    "FREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
-    "UNFREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
-    "LR": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
-    "DECAY": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
-    "STATS": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
-    "STATS_MODE": "`update` or `freeze`",
-    "_SEP": "the end of the statement",
-    "$END": "the end of the statement",
-}
-_KEYWORD_OF_TERMINAL = {
-    "_EXCEPT": "except",
-    "THEN": "then",
-    "EVERY": "every",
-    "WARMUP": "warmup",
-    "AT": "at",
-    "FOR": "for",
-    "CLOCK": "epoch",
-    "FREEZE": "freeze",
-    "UNFREEZE": "unfreeze",
-    "LR": "lr",
-    "DECAY": "decay",
-    "STATS": "stats",
-}
-_SELECTOR_TERMINALS = {"PATTERN", "TYPE_PATTERN"}
-_WORD = re.compile(r"[^\s,;#]+|[,;]")
 _TIME_NUMBER = re.compile(r"[0-9]+")  # ASCII only, as in the grammar
 #: Longest epoch or step number accepted; real training never comes close.
 MAX_TIME_DIGITS = 18
-#: Longest piece of source quoted inside a message; longer ones are cut with `...`.
-MAX_QUOTED = 40
-
-
-def _clip(text: str) -> str:
-    """`text` shortened for quoting in a message (a 1 MB token must not make a 1 MB message)."""
-    return text if len(text) <= MAX_QUOTED else text[: MAX_QUOTED - 3] + "..."
-
-
-def decode_source(data: bytes, path: str) -> str:
-    """Bytes of a policy file -> text, or a `PolicySourceError` saying where it is not text."""
-    nul = data.find(b"\x00")
-    if nul != -1:
-        line, col, shown = _locate_byte(data, nul)
-        raise PolicySourceError(
-            Diagnostic(
-                "FP002",
-                "this is not a policy file: it contains NUL bytes (is it binary?)",
-                path,
-                line,
-                col,
-                source_line=shown,
-            )
-        )
-    # Strip the byte-order mark here rather than with "utf-8-sig", whose error offsets would
-    # count from after the mark.
-    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    try:
-        return data[bom:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        bad = exc.start + bom
-        line, col, shown = _locate_byte(data, bad)
-        raise PolicySourceError(
-            Diagnostic(
-                "FP003",
-                f"invalid UTF-8 (byte 0x{data[bad]:02x}); save the policy as UTF-8 text",
-                path,
-                line,
-                col,
-                source_line=shown,
-            )
-        ) from None
-
-
-def _locate_byte(data: bytes, offset: int) -> tuple[int, int, str]:
-    """Line, column and printable text of the line holding the byte at `offset`.
-
-    Columns count characters, so the line is decoded leniently: each undecodable byte shows
-    as U+FFFD and a NUL as U+2400, one character each, which keeps the caret under the byte.
-    A byte-order mark is not part of the first line, as in `normalize_text`.
-    """
-    line = data.count(b"\n", 0, offset) + 1
-    start = data.rfind(b"\n", 0, offset) + 1
-    if start == 0 and data.startswith(b"\xef\xbb\xbf"):
-        start = 3
-    end = data.find(b"\n", offset)
-    raw = data[start : len(data) if end == -1 else end].rstrip(b"\r")
-    col = len(data[start:offset].decode("utf-8", "replace")) + 1
-    shown = raw.decode("utf-8", "replace").replace("\x00", "\u2400")
-    return line, col, shown
-
-
-def normalize_text(text: str) -> str:
-    """Drop a byte-order mark and turn CRLF / CR line endings into LF (columns are unchanged)."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text
 
 
 def parse_text(
@@ -175,10 +66,10 @@ def parse_text(
             break
         except UnexpectedInput as exc:
             pos = _error_position(exc, text, start)
-            diagnostics.append(_syntax_diagnostic(exc, text, pos, path, lines))
+            diagnostics.append(syntax_diagnostic(exc, text, pos, path, lines))
             # Statements never span lines, so the broken one starts after the last separator
             # before the error. Everything before it parsed; check it for semantic errors too.
-            stmt_start = _statement_start(text, pos, start)
+            stmt_start = statement_start(text, pos, start)
             if stmt_start > start:
                 try:
                     statements.extend(
@@ -265,157 +156,6 @@ def _next_statement(text: str, pos: int) -> int:
             return i + 1
         i += 1
     return len(text)
-
-
-def _statement_start(text: str, pos: int, lo: int = 0) -> int:
-    """Offset of the start of the statement holding `pos` (not before `lo`): just after the
-    last separator before it. Statements never span lines, and a `;` in a comment is always
-    followed by the newline that ends the comment, so the last separator is a real one."""
-    return max(text.rfind(";", lo, pos), text.rfind("\n", lo, pos), lo - 1) + 1
-
-
-def _previous_word(text: str, pos: int) -> str | None:
-    """The word just before `pos` in the same statement, lower-cased, or None at its start."""
-    stmt_start = _statement_start(text, pos)
-    words = _WORD.findall(text[stmt_start:pos])
-    return words[-1] if words else None
-
-
-def _words(terminals: Iterable[str]) -> str:
-    seen: list[str] = []
-    for t in sorted(terminals, key=_term_order):
-        w = _EXPECTED_WORDS.get(t)
-        if w and w not in seen:
-            seen.append(w)
-    if not seen:
-        return "something else"
-    return seen[0] if len(seen) == 1 else ", ".join(seen[:-1]) + " or " + seen[-1]
-
-
-def _term_order(t: str) -> tuple[int, str]:
-    order = [
-        "PATTERN",
-        "TYPE_PATTERN",
-        "NUMBER",
-        "CLOCK",
-        "COMMA",
-        "THEN",
-        "_EXCEPT",
-        "FOR",
-        "AT",
-        "EVERY",
-        "WARMUP",
-    ]
-    return (order.index(t) if t in order else len(order), t)
-
-
-def _suggest(word: str, candidates: Iterable[str]) -> str:
-    match = difflib.get_close_matches(word.lower(), list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean `{match[0]}`?" if match else ""
-
-
-def _syntax_diagnostic(
-    exc: UnexpectedInput, text: str, pos: int, path: str, lines: list[str]
-) -> Diagnostic:
-    if isinstance(exc, UnexpectedToken):
-        expected = set(exc.expected)
-        found_type = exc.token.type
-    else:
-        assert isinstance(exc, UnexpectedCharacters)
-        expected = set(exc.allowed or ())
-        found_type = None
-    at_end = pos >= len(text) or text[pos] in "\n;" or found_type in ("$END", "_SEP")
-    match = None if at_end else _WORD.match(text, pos)
-    found = match.group() if match else ""
-    line = text.count("\n", 0, pos) + 1
-    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
-    end_col = col + max(1, len(found))
-    source_line = lines[line - 1] if line - 1 < len(lines) else ""
-    shown = f"`{_clip(found)}`" if found else "the end of the statement"
-    prev = _previous_word(text, pos)
-    prev = _clip(prev) if prev is not None else None
-
-    def diag(code: str, message: str) -> Diagnostic:
-        return Diagnostic(code, message, path, line, col, end_col, source_line)
-
-    if expected & {"FREEZE", "UNFREEZE", "LR", "DECAY", "STATS"}:
-        if found and found not in (",",):
-            return diag(
-                "FP101",
-                f"unknown statement {shown}{_suggest(found, STATEMENT_KEYWORDS)}"
-                f" (a statement starts with `freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
-            )
-    if expected and expected <= _SELECTOR_TERMINALS:
-        if prev and prev.lower() == "except":
-            return diag("FP102", f"expected a selector after `except`, found {shown}")
-        return diag(
-            "FP102", f"expected a selector such as `layer1` or `*` after `{prev}`, found {shown}"
-        )
-    if expected == {"NUMBER"}:
-        if prev == "warmup":
-            return diag(
-                "FP104",
-                f"expected a whole number after `warmup`, as in `warmup 2 epochs`, found {shown}",
-            )
-        if prev in ("epoch", "step"):
-            return diag(
-                "FP104",
-                f"expected a whole number after `at {prev}`, as in `at {prev} 3`, found {shown}",
-            )
-        what = "learning rate" if prev == "lr" else "weight decay"
-        return diag(
-            "FP106",
-            f"expected a {what} such as `1e-4`, `0` or `0.1x` after `{prev}`, found {shown}",
-        )
-    if expected == {"CLOCK"} or expected == {"CLOCK", "NUMBER"}:
-        hint = _suggest(found, ("epoch", "step", "epochs", "steps")) if found else ""
-        # After `at`, `every` or `warmup N`: name the clause, not the number before the unit.
-        stmt_start = _statement_start(text, pos)
-        clauses = re.findall(r"\b(at|every|warmup)\b", text[stmt_start:pos])
-        clause = clauses[-1] if clauses else (prev or "at")
-        after = f"`{clause}`" if clause == prev else f"`{clause} {prev}`"
-        example = "at epoch 3" if clause == "at" else f"{clause} 2 epochs"
-        words = "`epoch` or `step`" if expected == {"CLOCK"} else "a number, `epochs` or `steps`"
-        return diag(
-            "FP101" if hint else "FP103",
-            f"expected {words} after {after}, as in `{example}`, found {shown}{hint}",
-        )
-    if expected == {"STATS_MODE"}:
-        hint = _suggest(found, ("update", "freeze")) if found else ""
-        return diag(
-            "FP101" if hint else "FP103",
-            f"expected `update` or `freeze` after `stats`, as in `stats update for bn1`,"
-            f" found {shown}{hint}",
-        )
-    if expected == {"FOR"}:
-        suggestion = _suggest(found, ("for",)) if found else ""
-        return diag(
-            "FP103",
-            f"expected `for` after `{prev}`, as in `lr 1e-4 for fc`, found {shown}{suggestion}",
-        )
-    if found and prev and prev.lower() in ("at", "except") and found_type != "COMMA":
-        # `freeze at epoch 3`: the keyword was read as a selector, so the selector is missing.
-        # Point at the keyword (the selector belongs just before it), not at the word after it.
-        kw = text.rfind(prev, 0, pos)
-        kw_col = kw - (text.rfind("\n", 0, kw) + 1) + 1
-        return Diagnostic(
-            "FP102",
-            f"expected a selector such as `layer1` or `*` before `{prev}`",
-            path,
-            line,
-            kw_col,
-            kw_col + len(prev),
-            source_line,
-        )
-    keywords = [k for t, k in _KEYWORD_OF_TERMINAL.items() if t in expected]
-    if found and found not in (",", ";") and keywords:
-        hint = _suggest(found, keywords)
-        if hint:
-            return diag("FP101", f"unknown word {shown}{hint}")
-    hint = ""
-    if "COMMA" in expected and found and found_type in (None, "PATTERN", "TYPE_PATTERN"):
-        hint = " (separate selectors with `,`)"
-    return diag("FP103", f"unexpected {shown}; expected {_words(expected)}{hint}")
 
 
 @dataclass(frozen=True)
@@ -509,7 +249,7 @@ class _AstBuilder(Transformer):
             problems.append(
                 _Problem(
                     "FP107",
-                    f"a {what} cannot be negative, got `{_clip(text)}`",
+                    f"a {what} cannot be negative, got `{clip(text)}`",
                     span.line,
                     span.column,
                     span.end_column,
@@ -519,7 +259,7 @@ class _AstBuilder(Transformer):
             problems.append(
                 _Problem(
                     "FP106",
-                    f"{what} `{_clip(text)}` is too large",
+                    f"{what} `{clip(text)}` is too large",
                     span.line,
                     span.column,
                     span.end_column,
@@ -659,7 +399,7 @@ def _whole_number(tok: Token, what: str, *, minimum: int) -> tuple[int, tuple[_P
         problem = "is written without a sign"
     else:
         problem = "must be a whole number"
-    message = f"{what} {problem}, got `{_clip(text)}`"
+    message = f"{what} {problem}, got `{clip(text)}`"
     return 0, (_Problem("FP105", message, span.line, span.column, span.end_column),)
 
 

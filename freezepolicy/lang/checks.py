@@ -1,79 +1,24 @@
-"""Checks of a policy: syntax always; with parameter names, what the policy does to them.
+"""The checks that need parameter names (and, for some, a model's module types and tied groups).
 
-Pure Python (no torch), so syntax-only lint is fast enough for a pre-commit hook.
+FP201 (a selector selects nothing), FP202 (a statement never takes effect), FP204 (an unfreeze
+blocked by `lr 0`), FP203 (a `type:` selector without a model) and, with a model, FP205 (a tied
+tensor decided two ways). Used by `lint`, `show` and `apply_policy`. Pure Python.
 """
 
 from __future__ import annotations
 
-import os
+import difflib
+import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from .api import load, parse
-from .errors import Diagnostic, PolicyError
+from .bound import BoundPolicy
+from .errors import Diagnostic
 from .nodes import Selector, Statement, TypePattern
-from .policy import BoundPolicy, Policy
-
-#: Problems in the file itself (missing, not text): the CLI exits 2 for these, 1 for the rest.
-FILE_ERROR_CODES = frozenset({"FP001", "FP002", "FP003"})
-
-
-@dataclass
-class LintReport:
-    """What lint found in one policy source."""
-
-    path: str
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-    policy: Policy | None = None
-
-    @property
-    def problems(self) -> list[Diagnostic]:
-        """Errors and warnings (notes are information only and do not fail lint)."""
-        return [d for d in self.diagnostics if d.severity in ("error", "warning")]
-
-    @property
-    def file_error(self) -> bool:
-        return any(d.code in FILE_ERROR_CODES for d in self.diagnostics)
-
-
-def lint_file(
-    path: str | os.PathLike[str],
-    *,
-    names: Sequence[str] | None = None,
-    module_types: Mapping[str, Collection[str]] | None = None,
-) -> LintReport:
-    try:
-        policy = load(path)
-    except PolicyError as exc:
-        return LintReport(os.fspath(path), list(exc.diagnostics))
-    return _lint_policy(policy, names, module_types)
-
-
-def lint_text(
-    text: str,
-    source: str = "<string>",
-    *,
-    names: Sequence[str] | None = None,
-    module_types: Mapping[str, Collection[str]] | None = None,
-) -> LintReport:
-    try:
-        policy = parse(text, source)
-    except PolicyError as exc:
-        return LintReport(source, list(exc.diagnostics))
-    return _lint_policy(policy, names, module_types)
-
-
-def _lint_policy(
-    policy: Policy,
-    names: Sequence[str] | None,
-    module_types: Mapping[str, Collection[str]] | None,
-) -> LintReport:
-    report = LintReport(policy.source, policy=policy)
-    if names is not None:
-        found = check_names(policy, names, module_types)
-        report.diagnostics.extend(sorted(found, key=lambda d: (d.line or 0, d.column or 0)))
-    return report
+from .policy import Policy
+from .rules import Rule
+from .tied import tied_conflicts_over_time
 
 
 @lru_cache(maxsize=4)
@@ -187,9 +132,6 @@ class _Suggester:
         self._numbered: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def __call__(self, text: str) -> str | None:
-        import difflib
-        import re
-
         if self._candidates is None:
             self._candidates = sorted({n.rsplit(".", 1)[0] for n in self.names} | set(self.names))
         candidates = self._candidates
@@ -218,7 +160,7 @@ class _Suggester:
         return close[0] if close else None
 
 
-def _blocked_by_lr_zero(bound, rule) -> Statement | None:
+def _blocked_by_lr_zero(bound: BoundPolicy, rule: Rule) -> Statement | None:
     """For an `unfreeze` that never takes effect, the `lr 0` statement that blocks it, if any."""
     if rule.statement.action != "unfreeze":
         return None
@@ -231,9 +173,6 @@ def _blocked_by_lr_zero(bound, rule) -> Statement | None:
             if d.lr is not None and d.lr.is_zero and d.lr_by is not None:
                 return d.lr_by
     return None
-
-
-# --- model-aware checks (`freezepolicy lint --model`) ----------------------------------------
 
 
 @dataclass(frozen=True)
@@ -254,15 +193,11 @@ def check_model(policy: Policy, model: ModelNames) -> list[Diagnostic]:
     conflicts (FP205) at every moment of the policy's schedule."""
     out = check_names(policy, model.names, model.module_types)
     if model.tied:
-        out.extend(_tied_conflicts_over_time(policy, model))
+        out.extend(_tied_warnings(policy, model))
     return sorted(out, key=lambda d: (d.line or 0, d.column or 0, d.code))
 
 
-def _tied_conflicts_over_time(policy: Policy, model: ModelNames) -> list[Diagnostic]:
-    from dataclasses import replace
-
-    from .tied import tied_conflicts_over_time
-
+def _tied_warnings(policy: Policy, model: ModelNames) -> list[Diagnostic]:
     bound = policy.bind(model.names, model.module_types)
     found = tied_conflicts_over_time(policy, bound, model.tied, bound.moments())
     # A warning in lint (docs/errors.md); `apply_policy` raises it as an error.
@@ -281,8 +216,6 @@ def check_models(policy: Policy, models: Sequence[ModelNames]) -> list[Diagnosti
     when that is so in every model (with the first model's message). A tied-parameter conflict
     is reported for each model where it happens: applying the policy to that model would fail.
     """
-    from dataclasses import replace
-
     if len(models) == 1:
         return check_model(policy, models[0])
     per_model = [check_model(policy, m) for m in models]
@@ -300,12 +233,3 @@ def check_models(policy: Policy, models: Sequence[ModelNames]) -> list[Diagnosti
             if d.code == "FP205":
                 out.append(replace(d, message=f"with {model.label}: {d.message}"))
     return sorted(out, key=lambda d: (d.line or 0, d.column or 0, d.code))
-
-
-def lint_file_models(path: str | os.PathLike[str], models: Sequence[ModelNames]) -> LintReport:
-    """Lint one policy file against one or more models (`freezepolicy lint --model`)."""
-    try:
-        policy = load(path)
-    except PolicyError as exc:
-        return LintReport(os.fspath(path), list(exc.diagnostics))
-    return LintReport(policy.source, check_models(policy, models), policy)

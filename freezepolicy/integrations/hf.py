@@ -10,7 +10,7 @@ or, for a run that may be resumed from a checkpoint (one line instead of the `ca
 
 ```python
 trainer = Trainer(model=model, args=args, train_dataset=train)
-freezepolicy.hf.attach(trainer, "my.freeze")
+freezepolicy.integrations.hf.attach(trainer, "my.freeze")
 trainer.train(resume_from_checkpoint=...)
 ```
 
@@ -39,11 +39,12 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from . import apply as _apply
-from . import optim
-from .api import load
-from .apply import ApplyReport, apply_policy
-from .policy import Policy
+from ..lang.api import load
+from ..lang.policy import Policy
+from ..runtime.apply import apply_policy
+from ..runtime.binding import Binding, ModelSnapshot, binding_for
+from ..runtime.report import ApplyReport
+from ..runtime.schedulers import can_split_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class FreezePolicyCallback(TrainerCallback):
     on both clocks are ordered on one timeline. `strict=True` makes a selector that selects
     nothing an error. `report` is the last ApplyReport; `history` holds one per phase of the
     current `train()` call: the first apply, then each apply that changed which tensors train
-    (each is also logged at INFO on the logger `freezepolicy.hf`).
+    (each is also logged at INFO on the logger `freezepolicy.integrations.hf`).
     """
 
     def __init__(self, policy: Policy | str | os.PathLike[str], strict: bool = False) -> None:
@@ -117,12 +118,13 @@ class FreezePolicyCallback(TrainerCallback):
             self._apply(args, state, **kwargs)
         except ValueError as error:
             scheduler = kwargs.get("lr_scheduler")
-            if self._attached or scheduler is None or optim.can_split_scheduler(scheduler):
+            if self._attached or scheduler is None or can_split_scheduler(scheduler):
                 raise
             # The policy splits the groups, and the Trainer's scheduler cannot follow a split.
             raise ValueError(
-                f"{error}. With the Trainer: use freezepolicy.hf.attach(trainer, policy), which "
-                f"splits the groups before the Trainer creates its {type(scheduler).__name__}"
+                f"{error}. With the Trainer: use freezepolicy.integrations.hf.attach(trainer, "
+                "policy), which splits the groups before the Trainer creates its "
+                f"{type(scheduler).__name__}"
             ) from error
         if (
             optimizer is not None
@@ -133,7 +135,7 @@ class FreezePolicyCallback(TrainerCallback):
             logger.warning(
                 "%s: the policy split the Trainer's optimizer into %d parameter groups; a "
                 "Trainer builds %d when it resumes, so checkpoints of this run resume only "
-                "with freezepolicy.hf.attach(trainer, policy) before trainer.train()",
+                "with freezepolicy.integrations.hf.attach(trainer, policy) before trainer.train()",
                 self.policy.source,
                 len(optimizer.param_groups),
                 groups_before,
@@ -209,8 +211,8 @@ class FreezePolicyCallback(TrainerCallback):
             raise ValueError(
                 f"{self.policy.source}: the policy trains {len(missing)} parameter(s) that are in "
                 f"no group of the Trainer's optimizer ({shown}); they had requires_grad=False "
-                "when it was built. Use freezepolicy.hf.attach(trainer, policy) so the Trainer "
-                "builds its optimizer with them, or build the optimizer with "
+                "when it was built. Use freezepolicy.integrations.hf.attach(trainer, policy) so "
+                "the Trainer builds its optimizer with them, or build the optimizer with "
                 "freezepolicy.param_groups and pass it as Trainer(optimizers=...)"
             )
 
@@ -235,7 +237,7 @@ def _scheduler_for(scheduler: Any, optimizer: Any) -> Any:
     return scheduler
 
 
-def _policy_trainable(snap: _apply._ModelSnapshot, binding: _apply._Binding) -> list[int]:
+def _policy_trainable(snap: ModelSnapshot, binding: Binding) -> list[int]:
     """Indices (in the binding) of the tensors the policy makes trainable at some moment."""
     out: set[int] = set()
     for epoch, step in binding.moments:
@@ -252,7 +254,7 @@ def _policy_trainable(snap: _apply._ModelSnapshot, binding: _apply._Binding) -> 
 def _policy_trainable_outside(
     model: nn.Module, policy: Policy, optimizer: torch.optim.Optimizer, per_epoch: int | None
 ) -> list[str]:
-    snap, binding = _apply._binding_for(model, policy, per_epoch)
+    snap, binding = binding_for(model, policy, per_epoch)
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
     return [
         binding.names[i]
@@ -267,7 +269,7 @@ def _trainable_for_creation(
 ) -> Iterator[None]:
     """Make every tensor the policy trains at some moment trainable while the Trainer builds its
     optimizer (it takes only tensors with requires_grad=True), then put requires_grad back."""
-    snap, binding = _apply._binding_for(model, policy, per_epoch)
+    snap, binding = binding_for(model, policy, per_epoch)
     raised = [
         binding.params[i]
         for i in _policy_trainable(snap, binding)
@@ -312,7 +314,7 @@ def attach(
             "or leave it out of callbacks= (two policies on one model would undo each other)"
         )
     if getattr(trainer.create_optimizer, "_freezepolicy", None) is not None:
-        raise ValueError("freezepolicy.hf.attach was already called on this Trainer")
+        raise ValueError("freezepolicy.integrations.hf.attach was already called on this Trainer")
     if not present:
         trainer.add_callback(callback)
     callback._attached = True

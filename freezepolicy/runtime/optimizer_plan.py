@@ -1,4 +1,4 @@
-"""Optimizer integration: parameter groups shaped by a policy, and keeping them in step with it.
+"""Reshaping and updating an optimizer to fit a policy, planned first and carried out after.
 
 A policy group is a set of tensors whose learning rate and weight decay are the same at every
 moment of the policy's timeline, so the groups never change while training runs: an unfreeze or a
@@ -18,92 +18,26 @@ from rate `a` to rate `b`, every learning-rate key of the group (`lr`, `initial_
 `min_lr`) is multiplied by `b / a`, so whatever factor a scheduler has applied is kept, and
 schedulers that read those keys at every step (the recursive ones, OneCycleLR) follow the new rate.
 Schedulers that cache base rates on themselves (LambdaLR, CyclicLR, CosineAnnealingWarmRestarts)
-are adjusted when passed to `apply_policy(..., scheduler=...)`. docs/applying.md has the rules.
+are adjusted when passed to `apply_policy(..., scheduler=...)` (schedulers.py). docs/applying.md
+has the rules.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import nn
 
-from .policy import Policy, Rate
-
-if TYPE_CHECKING:
-    from .apply import _Binding
-
-#: The key of the marker dict in every parameter group freezepolicy shapes.
-MARKER = "freezepolicy"
-#: Group keys that hold learning rates; a policy rate change scales them all by the same ratio.
-LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
-
-#: Every torch LRScheduler wraps its optimizer's `step` in a function carrying this attribute.
-_SCHED_MARK = "_wrapped_by_lr_sched"
-
-# One moment of a group's timeline: (lr rate, weight decay rate); None = the base value.
-Rates = tuple[Rate | None, Rate | None]
-
-
-def _normal(rate: Rate | None) -> Rate | None:
-    """`1x` is the base value itself; folding it into None keeps such tensors in the base group."""
-    if rate is not None and rate.relative and rate.value == 1:
-        return None
-    return rate
-
-
-def timeline_key(timeline: Sequence[Rates]) -> str:
-    """A short, stable name for a rate timeline (the same in every process and Python version)."""
-    text = ";".join(
-        ",".join("-" if r is None else f"{r.value!r}{'x' if r.relative else ''}" for r in pair)
-        for pair in timeline
-    )
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def idle_rate(timeline: Sequence[Rates]) -> Rate | None:
-    """The learning rate a group carries while the policy says `lr 0` for it.
-
-    `lr 0` is a freeze, not a rate: the tensors have no gradient, so the optimizer skips them
-    whatever the group's `lr` says. The group keeps the first non-zero rate of its timeline, so
-    its `lr` is a function of the moment alone and a later unfreeze resumes on the schedule.
-    A group that is at `lr 0` at every moment carries 0.
-    """
-    for lr, _ in timeline:
-        if lr is None or not lr.is_zero:
-            return lr
-    return Rate(0.0)
-
-
-def nominal_lr(rate: Rate | None, idle: Rate | None, base: float) -> float:
-    """The policy's learning rate for a group, before any scheduler factor."""
-    if rate is not None and rate.is_zero:
-        rate = idle
-        if rate is not None and rate.is_zero:
-            return 0.0
-    return float(rate.of(base)) if rate is not None else float(base)
-
-
-def nominal_decay(rate: Rate | None, base: float | None) -> float | None:
-    """The policy's weight decay for a group; None leaves the optimizer's own value."""
-    if rate is None:
-        return base
-    if rate.relative:
-        if base is None:
-            raise ValueError(
-                f"the policy sets weight decay `{rate}` relative to a base, but there is no base "
-                "weight decay: pass weight_decay= to param_groups, or use an optimizer with one"
-            )
-        return rate.of(base)
-    return rate.value
-
-
-def _as_float(value: Any) -> float:
-    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+from .binding import Binding
+from .rates import LR_KEYS, MARKER, Rates, as_float, nominal_decay, nominal_lr
+from .schedulers import (
+    can_split_scheduler,
+    has_attached_scheduler,
+    scale_scheduler,
+    split_scheduler,
+)
 
 
 def _set_value(group: dict[str, Any], key: str, value: float) -> None:
@@ -125,70 +59,6 @@ def _update_fresh(group: dict[str, Any], values: dict[str, float]) -> None:
             group[key] = old.detach().clone().fill_(value)
         else:
             group[key] = value
-
-
-def param_groups(
-    model: nn.Module,
-    policy: Policy | str | os.PathLike[str],
-    lr: float,
-    weight_decay: float | None = None,
-    *,
-    steps_per_epoch: int | None = None,
-    **defaults: Any,
-) -> list[dict[str, Any]]:
-    """Parameter groups for any `torch.optim` constructor, shaped by `policy`.
-
-    Tensors whose learning rate and weight decay agree at every moment of the policy's timeline
-    share a group; every tensor of the model appears exactly once (a tied tensor once), frozen ones
-    included, so a later unfreeze needs no optimizer surgery (a frozen tensor has no gradient and
-    so gets no optimizer state until it trains). Groups come in model order of their first tensor,
-    which makes the layout the same in every run of the same model and policy.
-
-    `lr` and `weight_decay` are the base values that `0.1x` multiplies; `weight_decay=None` leaves
-    the optimizer's default to groups the policy does not give a decay. Each group starts at the
-    policy's values at epoch 0, step 0; `apply_policy(model, policy, optimizer, epoch=...)` keeps
-    them and requires_grad up to date. `defaults` (betas, momentum, ...) are copied into each group.
-    """
-    from .apply import _binding_for  # apply imports this module at load time
-
-    _, binding = _binding_for(model, policy, steps_per_epoch)
-    groups: list[dict[str, Any]] = []
-    for key, members in binding.groups().items():
-        timeline = binding.timelines[key]
-        lr_rate, wd_rate = timeline[0]
-        nominal = nominal_lr(lr_rate, binding.idle[key], lr)
-        decays = [nominal_decay(wd, weight_decay) for _, wd in timeline]  # validates them all
-        group: dict[str, Any] = {"params": [binding.params[i] for i in members], **defaults}
-        group["lr"] = nominal
-        if decays[0] is not None:
-            group["weight_decay"] = decays[0]
-        group[MARKER] = {
-            "key": key,
-            "origin": 0,
-            "base_lr": float(lr),
-            "base_weight_decay": None if weight_decay is None else float(weight_decay),
-            "lr": nominal,
-            "weight_decay": decays[0],
-        }
-        groups.append(group)
-    return groups
-
-
-def group_lrs(optimizer: torch.optim.Optimizer, value: float) -> list[float]:
-    """`value` for the base rate, scaled to each group as the policy scales the base rate.
-
-    For schedulers that take one value per group, such as OneCycleLR's `max_lr`:
-    `OneCycleLR(opt, max_lr=group_lrs(opt, 1e-2), ...)` peaks the base group at 1e-2 and a `0.1x`
-    group at 1e-3. Groups freezepolicy does not manage get `value` unchanged.
-    """
-    out: list[float] = []
-    for group in optimizer.param_groups:
-        marker = group.get(MARKER)
-        if marker is None or not marker["base_lr"]:
-            out.append(value)
-        else:
-            out.append(value * marker["lr"] / marker["base_lr"])
-    return out
 
 
 # --- applying to an optimizer ------------------------------------------------------------------
@@ -223,7 +93,7 @@ class OptimizerPlan:
             opt.param_groups[:] = self.reshape
             if self.split is not None:
                 for sched in schedulers:
-                    _split_scheduler(sched, self.split, old_count, opt.param_groups)
+                    split_scheduler(sched, self.split, old_count, opt.param_groups)
         for index, key, value in self.updates:
             group = opt.param_groups[index]
             if key == MARKER:
@@ -231,7 +101,7 @@ class OptimizerPlan:
             else:
                 _set_value(group, key, value)
         for sched in schedulers:
-            _scale_scheduler(sched, self.lr_ratios)
+            scale_scheduler(sched, self.lr_ratios)
 
 
 def _layout_ok(optimizer: torch.optim.Optimizer, key_of: dict[int, str]) -> bool:
@@ -248,12 +118,12 @@ def _layout_ok(optimizer: torch.optim.Optimizer, key_of: dict[int, str]) -> bool
 def _base_lr(group: dict[str, Any]) -> float:
     """The unscheduled learning rate of a group the user built: `initial_lr` once a scheduler
     has run over it, else `lr`."""
-    return _as_float(group.get("initial_lr", group["lr"]))
+    return as_float(group.get("initial_lr", group["lr"]))
 
 
 def plan_optimizer(
     optimizer: torch.optim.Optimizer,
-    binding: _Binding,
+    binding: Binding,
     rates: dict[str, Rates],
     trainable: Sequence[bool],
     schedulers: Sequence[Any] = (),
@@ -261,7 +131,7 @@ def plan_optimizer(
     """Compute what applying the policy's current `rates` (group key -> rates) does to `optimizer`.
 
     `schedulers` are the ones passed to apply_policy: when the groups must be split, torch's own
-    schedulers among them follow the split (see `_split_scheduler`).
+    schedulers among them follow the split (see `split_scheduler`).
     Raises ValueError, before anything is changed, when the optimizer cannot take the policy.
     """
     plan = OptimizerPlan(optimizer)
@@ -295,7 +165,7 @@ def plan_optimizer(
             # Every group keeps its tensors (a policy with one rate for all, say): only markers
             # and rates change, which a scheduler follows like any later rate change.
             for index, (n, o) in enumerate(zip(plan.reshape, old, strict=True)):
-                before, after = _as_float(o["lr"]), _as_float(n["lr"])
+                before, after = as_float(o["lr"]), as_float(n["lr"])
                 if before and after != before:
                     plan.lr_ratios[index] = after / before
         elif schedulers and all(can_split_scheduler(s) for s in schedulers):
@@ -309,7 +179,7 @@ def plan_optimizer(
                 "call apply_policy before creating the scheduler, or build the optimizer with "
                 "freezepolicy.param_groups"
             )
-        elif hasattr(optimizer.step, _SCHED_MARK):
+        elif has_attached_scheduler(optimizer):
             raise ValueError(
                 "the optimizer's parameter groups must be split to fit the policy, but a "
                 "learning-rate scheduler is already attached to it (its per-group rates would "
@@ -317,7 +187,7 @@ def plan_optimizer(
                 "torch's schedulers, call apply_policy before creating the scheduler, or build "
                 "the optimizer with freezepolicy.param_groups"
             )
-    if plan.lr_ratios and not schedulers and hasattr(optimizer.step, _SCHED_MARK):
+    if plan.lr_ratios and not schedulers and has_attached_scheduler(optimizer):
         plan.warnings.append(
             "the policy changed learning rates of an optimizer with a scheduler attached: "
             "pass the scheduler as apply_policy(..., scheduler=...) if it keeps its own base "
@@ -326,7 +196,7 @@ def plan_optimizer(
     return plan
 
 
-def _plan_updates(plan: OptimizerPlan, rates: dict[str, Rates], binding: _Binding) -> None:
+def _plan_updates(plan: OptimizerPlan, rates: dict[str, Rates], binding: Binding) -> None:
     opt = plan.optimizer
     for index, group in enumerate(opt.param_groups):
         marker = group.get(MARKER)
@@ -366,7 +236,7 @@ def _scaled_lrs(group: dict[str, Any], old: float | None, new: float) -> dict[st
         if k not in group:
             continue
         if old:
-            out[k] = _as_float(group[k]) * (new / old)
+            out[k] = as_float(group[k]) * (new / old)
         elif k in ("lr", "initial_lr"):
             out[k] = new
     return out
@@ -374,7 +244,7 @@ def _scaled_lrs(group: dict[str, Any], old: float | None, new: float) -> dict[st
 
 def _reshaped(
     optimizer: torch.optim.Optimizer,
-    binding: _Binding,
+    binding: Binding,
     rates: dict[str, Rates],
     key_of: dict[int, str],
 ) -> tuple[list[dict[str, Any]], list[tuple[int, float | None]]]:
@@ -386,7 +256,7 @@ def _reshaped(
     with the original hyperparameters.
 
     Also returns, per new group, the index of the old group its hyperparameters came from and the
-    ratio its learning rates were scaled by (None when restarted from 0), for `_split_scheduler`.
+    ratio its learning rates were scaled by (None when restarted from 0), for `split_scheduler`.
     """
     index_of = {id(g): i for i, g in enumerate(optimizer.param_groups)}
     split: list[tuple[int, float | None]] = []
@@ -432,7 +302,7 @@ def _reshaped(
             else:
                 base_lr = _base_lr(source)
                 base_wd = source.get("weight_decay")
-                base_wd = None if base_wd is None else _as_float(base_wd)
+                base_wd = None if base_wd is None else as_float(base_wd)
                 old_lr = base_lr
             lr_rate, wd_rate = rates[key]
             new_lr = nominal_lr(lr_rate, binding.idle[key], base_lr)
@@ -474,111 +344,3 @@ def _param_names(optimizer: torch.optim.Optimizer) -> dict[int, str] | None:
 # --- schedulers ----------------------------------------------------------------------------------
 
 
-def _scheduler_parts(sched: Any) -> Iterable[Any]:
-    yield sched
-    for inner in getattr(sched, "_schedulers", ()) or ():  # SequentialLR, ChainedScheduler
-        yield from _scheduler_parts(inner)
-
-
-def check_schedulers(schedulers: Sequence[Any], optimizer: torch.optim.Optimizer) -> None:
-    """Raise ValueError (before anything changes) when a scheduler does not fit `optimizer`."""
-    for sched in schedulers:
-        for part in _scheduler_parts(sched):
-            if getattr(part, "optimizer", optimizer) is not optimizer:
-                raise ValueError("the scheduler passed to apply_policy drives another optimizer")
-            base = getattr(part, "base_lrs", None)
-            if base is not None and len(base) != len(optimizer.param_groups):
-                raise ValueError(
-                    f"the scheduler has {len(base)} base rate(s) but the optimizer has "
-                    f"{len(optimizer.param_groups)} group(s): create the scheduler after the "
-                    "first apply_policy call"
-                )
-
-
-#: Schedulers whose per-group state is exactly the lists in `_PER_GROUP` (checked against torch's
-#: sources), so a split of the optimizer's groups can be followed. Exact types only: a subclass
-#: may keep per-group state of its own that a split would leave misaligned.
-_SPLITTABLE = tuple(
-    getattr(torch.optim.lr_scheduler, name)
-    for name in (
-        "LambdaLR",
-        "MultiplicativeLR",
-        "StepLR",
-        "MultiStepLR",
-        "ConstantLR",
-        "LinearLR",
-        "ExponentialLR",
-        "PolynomialLR",
-        "CosineAnnealingLR",
-        "CosineAnnealingWarmRestarts",
-        "CyclicLR",
-        "OneCycleLR",
-        "ReduceLROnPlateau",
-        "SequentialLR",
-        "ChainedScheduler",
-    )
-    if hasattr(torch.optim.lr_scheduler, name)
-)
-#: Per-group lists a scheduler keeps on itself. Learning rates among them are rescaled with the
-#: group; `lr_lambdas` and ReduceLROnPlateau's absolute `min_lrs` are copied from the old group.
-_PER_GROUP = ("base_lrs", "max_lrs", "_last_lr", "lr_lambdas", "min_lrs")
-
-
-def can_split_scheduler(sched: Any) -> bool:
-    """Whether `sched` (and every scheduler inside it) can follow a split of its groups."""
-    return all(type(part) in _SPLITTABLE for part in _scheduler_parts(sched))
-
-
-def _split_scheduler(
-    sched: Any,
-    split: Sequence[tuple[int, float | None]],
-    old_count: int,
-    groups: Sequence[dict[str, Any]],
-) -> None:
-    """Give a scheduler one entry per new group, taken from the old group each came from.
-
-    The base rate of a new group is its `initial_lr` (what LRScheduler takes base rates from),
-    so the rule "group lr = policy rate x scheduler factor" holds from the split on; `max_lrs`
-    (CyclicLR) is scaled like the group's rates, and `_last_lr` is the group's current `lr`.
-    """
-    for part in _scheduler_parts(sched):
-        for attr in _PER_GROUP:
-            values = getattr(part, attr, None)
-            if not isinstance(values, list) or len(values) != old_count:
-                continue
-            new = [values[source] for source, _ in split]
-            if attr == "max_lrs":
-                new = [v if r is None else v * r for v, (_, r) in zip(new, split, strict=True)]
-            elif attr == "base_lrs":
-                new = [
-                    _copy_lr(g["initial_lr"]) if "initial_lr" in g else (v if r is None else v * r)
-                    for v, g, (_, r) in zip(new, groups, split, strict=True)
-                ]
-            elif attr == "_last_lr":
-                new = [_copy_lr(g["lr"]) for g in groups]
-            setattr(part, attr, new)
-
-
-def _copy_lr(value: Any) -> Any:
-    # As torch's schedulers copy group values: a tensor rate is cloned, never shared.
-    return value.clone() if isinstance(value, torch.Tensor) else value
-
-
-def _scale_scheduler(sched: Any, ratios: dict[int, float]) -> None:
-    """Scale the base rates a scheduler keeps on itself, as the groups' rates were scaled."""
-    if not ratios:
-        return
-    for part in _scheduler_parts(sched):
-        for attr in ("base_lrs", "max_lrs"):  # max_lrs: CyclicLR's upper bounds
-            values = getattr(part, attr, None)
-            if not isinstance(values, list):
-                continue
-            # A new list, never scaled in place: a torch scheduler's `state_dict()` shares this
-            # list with the dict it returns (and `load_state_dict()` adopts the caller's), and a
-            # checkpoint held in memory or written in the background must not change with the
-            # rates of the run that goes on.
-            setattr(
-                part,
-                attr,
-                [v * ratios[i] if i in ratios else v for i, v in enumerate(values)],
-            )

@@ -24,8 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .show import ModelLayout
+from ..version import __version__
+from .layout import ModelLayout
 
 #: Bumped when the file layout below changes, so old files are never read as new ones.
 FORMAT = 1
@@ -35,7 +35,7 @@ BUILTIN_KINDS: dict[str, tuple[str, ...]] = {
     "transformers": ("transformers",),
 }
 #: freezepolicy sources that define the built-in specs and how a layout is read from a model.
-KEY_SOURCES = ("models.py", "modelinfo.py", "show.py")
+KEY_SOURCES = ("cli/models.py", "runtime/modelinfo.py", "cli/layout.py")
 
 
 class _Invalid(Exception):
@@ -44,7 +44,7 @@ class _Invalid(Exception):
 
 def model_layout(spec: str, *, use_cache: bool = True) -> ModelLayout:
     """The layout of the model `spec` names: from the cache for a built-in spec seen before,
-    else built (raising `freezepolicy.models.ModelSpecError` for a spec that names no model)."""
+    else built (raising `freezepolicy.cli.models.ModelSpecError` for a spec that names no model)."""
     key = key_fields(spec) if use_cache and cache_enabled() else None
     path = cache_file(key) if key is not None else None
     if key is None or path is None:
@@ -59,8 +59,8 @@ def model_layout(spec: str, *, use_cache: bool = True) -> ModelLayout:
 
 def _build(spec: str) -> ModelLayout:
     # Imported here: building is what needs torch (and transformers or torchvision).
+    from .layout import layout_from_model
     from .models import build_model
-    from .show import layout_from_model
 
     return layout_from_model(build_model(spec))
 
@@ -127,7 +127,7 @@ def installed_version(name: str) -> str:
 def _source_hashes() -> dict[str, str] | None:
     # Editing the spec table or the name walk during development must not reuse stale layouts,
     # and the package version alone does not change with such edits.
-    here = Path(__file__).parent
+    here = Path(__file__).parents[1]  # the freezepolicy package
     try:
         return {
             name: hashlib.sha256((here / name).read_bytes()).hexdigest() for name in KEY_SOURCES

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 from .errors import Diagnostic, PolicySourceError
-from .parser import decode_source, normalize_text, parse_text
+from .parser import parse_text
 from .policy import Policy
+from .source import decode_source, normalize_text
 
 
 def parse(text: str | bytes, source: str = "<string>") -> Policy:

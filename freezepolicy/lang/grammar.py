@@ -18,10 +18,10 @@ def grammar_path() -> Path:
     An installed wheel carries it inside the package (pyproject.toml force-includes it there);
     an editable install or a plain checkout reads the top-level grammar/ directory instead.
     """
-    packaged = resources.files("freezepolicy") / GRAMMAR_FILE
+    packaged = resources.files("freezepolicy.lang") / GRAMMAR_FILE
     if packaged.is_file():
         return Path(str(packaged))
-    checkout = Path(__file__).resolve().parent.parent / "grammar" / GRAMMAR_FILE
+    checkout = Path(__file__).resolve().parents[2] / "grammar" / GRAMMAR_FILE
     if checkout.is_file():
         return checkout
     raise FileNotFoundError(

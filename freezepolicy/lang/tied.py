@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from .bound import BoundPolicy
 from .errors import Diagnostic
-from .policy import BoundPolicy, Decision, Policy
+from .policy import Policy
+from .rules import Decision
 
 
 def _settings(d: Decision) -> tuple:

@@ -1,0 +1,176 @@
+"""The `freezepolicy` command: reads arguments, calls the library, formats, picks an exit code.
+
+Exit codes: 0 clean, 1 problems found (lint) or files not canonical (`fmt --check`), 2 usage or
+file errors. Nothing here prints a Python traceback for bad input; set FREEZEPOLICY_DEBUG=1 to
+see one for an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .commands import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    UsageError,
+    run_fmt,
+    run_lint,
+    run_show,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: usage + message, exit 2
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_argparser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="freezepolicy",
+        description="Check, format and inspect freezepolicy files.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    lint = sub.add_parser("lint", help="check policy files")
+    lint.add_argument("files", nargs="+", metavar="FILE", help="policy files")
+    target = lint.add_mutually_exclusive_group()
+    target.add_argument(
+        "--names",
+        metavar="FILE",
+        help="file with one parameter name per line: also check what the policy selects",
+    )
+    target.add_argument(
+        "--model",
+        action="append",
+        metavar="SPEC",
+        help="a model spec (see below): also check names, module types and tied parameters; "
+        "repeat to check a policy shared by several models",
+    )
+    lint.add_argument("--format", choices=("text", "json"), default="text")
+    _add_no_cache(lint)
+    lint.epilog = MODEL_SPEC_HELP
+    lint.formatter_class = argparse.RawDescriptionHelpFormatter
+
+    fmt = sub.add_parser("fmt", help="print or rewrite policy files in canonical form")
+    fmt.add_argument("files", nargs="+", metavar="FILE", help="policy files")
+    mode = fmt.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if a file is not canonical"
+    )
+    mode.add_argument("-w", "--write", action="store_true", help="rewrite the files in place")
+
+    show = sub.add_parser(
+        "show",
+        help="show what a policy does to a model",
+        epilog=MODEL_SPEC_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument("policy", metavar="POLICY", help="policy file")
+    show.add_argument("--model", required=True, metavar="SPEC", help="model spec (see below)")
+    show.add_argument("--epoch", type=_count_arg, metavar="N", help="0-based epoch (default 0)")
+    show.add_argument("--step", type=_count_arg, metavar="N", help="0-based step (default 0)")
+    show.add_argument(
+        "--steps-per-epoch",
+        type=_positive_arg,
+        metavar="N",
+        help="steps in an epoch: orders epoch and step events on one timeline",
+    )
+    show.add_argument("--format", choices=("text", "json"), default="text")
+    show.add_argument(
+        "--depth", type=_count_arg, metavar="N", help="show at most N levels of modules"
+    )
+    show.add_argument(
+        "--all",
+        action="store_true",
+        help="expand every module, also those whose parameters all share one decision",
+    )
+    _add_no_cache(show)
+    return parser
+
+
+def _add_no_cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write the model layout cache (as FREEZEPOLICY_NO_CACHE=1); "
+        "the layouts of torchvision: and transformers: specs are kept in "
+        "$FREEZEPOLICY_CACHE_DIR or ~/.cache/freezepolicy so that later runs skip torch",
+    )
+
+
+MODEL_SPEC_HELP = """\
+model specs (built on the meta device: no weights, no download):
+  torchvision:NAME             any torchvision model, e.g. torchvision:resnet18
+  transformers:NAME[:CLASS]    bert-base-uncased, bert-base-uncased-cls, bert-base-cased,
+                               bert-large-uncased, roberta-base, distilbert-base-uncased, gpt2,
+                               llama-2-7b, llama-3-8b, llama-3-70b (alias llama-70b);
+                               CLASS picks another head, e.g. :BertForMaskedLM
+  package.module:factory       your own model: factory() is called with no arguments
+                               (the current directory is searched first)
+"""
+
+
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _positive_arg(text: str) -> int:
+    value = _count_arg(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected 1 or more, got 0")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_argparser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from ..version import __version__
+
+        print(f"freezepolicy {__version__}")
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "lint":
+            return run_lint(args)
+        if args.command == "show":
+            return run_show(args)
+        return run_fmt(args)
+    except UsageError as exc:
+        print(f"freezepolicy {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`freezepolicy lint ... | head`): stop quietly, as cat does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PROBLEMS
+    except Exception as exc:  # never a traceback for the user; one line that says what broke
+        if os.environ.get("FREEZEPOLICY_DEBUG"):
+            raise
+        print(
+            f"freezepolicy: internal error: {type(exc).__name__}: {exc} "
+            "(set FREEZEPOLICY_DEBUG=1 for details, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

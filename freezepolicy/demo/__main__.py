@@ -1,0 +1,3 @@
+from .digits import main
+
+raise SystemExit(main())

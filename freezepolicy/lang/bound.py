@@ -1,0 +1,408 @@
+"""A policy bound to a fixed list of parameter names: names classified once, decisions per moment.
+
+`BoundPolicy` is what resolution, lint, `show` and `apply_policy` all work from. Names that the
+same statements select share a *signature* and get one decision at every moment, so the work per
+moment is per signature, not per name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from .errors import PolicyResolveError
+from .matcher import PartMatcher
+from .nodes import NamePattern, Selector
+from .patterns import compile_name_pattern, compile_type_pattern
+from .rules import Decision, Rate, Rule, rate_of, time_key
+
+if TYPE_CHECKING:  # type-only: policy.py imports this module to bind
+    from .policy import Policy
+
+
+#: Lint checks every combination of event times up to this many moments.
+MAX_LINT_MOMENTS = 400
+
+
+def _renamed(d: Decision, name: str) -> Decision:
+    """`d` for another name. Cheaper than dataclasses.replace, which matters 100k times over."""
+    return Decision(
+        name,
+        d.trainable,
+        d.lr,
+        d.weight_decay,
+        d.trainable_by,
+        d.lr_by,
+        d.decay_by,
+        d.stats,
+        d.stats_by,
+        d.warmup,
+    )
+
+
+class DecisionView(Mapping[str, Decision]):
+    """The decisions for every name at one moment, each made when first looked up.
+
+    Names the policy cannot tell apart (the same statements select them) share one decision, so
+    a model with 100k tensors has a few dozen distinct ones; making 100k objects at every moment
+    is what made binding large models slow. Read-only; `dict(view)` makes them all.
+    """
+
+    __slots__ = ("_bound", "_templates", "_made")
+
+    def __init__(self, bound: BoundPolicy, templates: Sequence[Decision]) -> None:
+        self._bound = bound
+        self._templates = templates
+        self._made: dict[str, Decision] = {}
+
+    def __getitem__(self, name: str) -> Decision:
+        d = self._made.get(name)
+        if d is None:
+            bound = self._bound
+            template = self._templates[bound.signatures[bound.position[name]]]
+            d = template if template.name == name else _renamed(template, name)
+            self._made[name] = d
+        return d
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._bound.position
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._bound.position)
+
+    def __len__(self) -> int:
+        return len(self._bound.position)
+
+    def __repr__(self) -> str:
+        return f"DecisionView({len(self)} names)"
+
+
+class BoundPolicy:
+    """A policy together with the parameter names it decides over.
+
+    Names are classified once: two names selected by the same statements (their *signature*)
+    get the same decision at every moment, so decisions are made once per signature and given
+    to names only when asked for. Binding and resolving therefore cost one short walk per name
+    (see `PartMatcher`) plus work per signature, which stays small for any real model.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        names: tuple[str, ...],
+        module_types: Mapping[str, Collection[str]] | None,
+    ) -> None:
+        self.policy = policy
+        self.names = names
+        self.module_types = module_types
+        self._statement_index = {id(r.statement): r.statement_index for r in policy.rules}
+        self._selected: dict[int, frozenset[int]] = {}
+        self._templates: dict[tuple, list[Decision]] = {}
+        self._last_resolved: tuple[tuple, dict[str, Decision]] | None = None
+        self._warming = [r for r in policy.rules if r.statement.warmup is not None]
+        self._signatures: list[int] | None = None
+        self._position: dict[str, int] | None = None
+
+    # --- classification ------------------------------------------------------------------------
+
+    @property
+    def position(self) -> dict[str, int]:
+        """Name -> index of its first occurrence in `names`."""
+        if self._position is None:
+            position: dict[str, int] = {}
+            for i, name in enumerate(self.names):
+                position.setdefault(name, i)
+            self._position = position
+        return self._position
+
+    @property
+    def signatures(self) -> list[int]:
+        """For each name (by index), its signature: names with equal signatures are selected by
+        the same rules. Signatures are numbered 0, 1, ... in order of their first name."""
+        if self._signatures is None:
+            self._classify()
+        assert self._signatures is not None
+        return self._signatures
+
+    def _classify(self) -> None:
+        rules = self.policy.rules
+        name_ids: dict[tuple[str, bool], int] = {}
+        type_ids: dict[str, int] = {}
+
+        def masks(selectors: Iterable[Selector]) -> tuple[int, int]:
+            names_mask = types_mask = 0
+            for s in selectors:
+                if isinstance(s, NamePattern):
+                    names_mask |= 1 << name_ids.setdefault((s.text, s.anchored), len(name_ids))
+                else:
+                    types_mask |= 1 << type_ids.setdefault(s.text, len(type_ids))
+            return names_mask, types_mask
+
+        rule_masks = []
+        for r in rules:
+            selection = r.statement.selection
+            rule_masks.append((masks(selection.groups[r.group]), masks(selection.exclude)))
+        matcher = PartMatcher(list(name_ids))
+        type_globs = [compile_type_pattern(t) for t in type_ids]
+        # Each pass below runs over every name in C or in one tight loop: 100k names.
+        name_bits = matcher.bits_of(self.names)
+        odd = [i for i, name in enumerate(self.names) if "\n" in name]
+        if odd:  # `$` also matches before a final newline: let the regexes decide
+            searches = [compile_name_pattern(t, a) for t, a in name_ids]
+            for i in odd:
+                name = self.names[i]
+                name_bits[i] = sum(1 << p for p, rx in enumerate(searches) if rx.search(name))
+        type_bits: Iterable[int] = itertools.repeat(0)
+        if type_globs and self.module_types is not None:
+            get = self.module_types.get
+            found = [get(name, ()) for name in self.names]
+            try:
+                distinct = set(found)  # frozensets (from inspect_model): their hashes are cached
+            except TypeError:  # lists or sets given by hand
+                found = [frozenset(c) for c in found]
+                distinct = set(found)
+            of_classes = {
+                c: sum(
+                    1 << q for q, glob in enumerate(type_globs) if any(glob.fullmatch(x) for x in c)
+                )
+                for c in distinct
+            }
+            type_bits = map(of_classes.__getitem__, found)
+        # Signatures numbered in order of their first name (setdefault gives a new key the next).
+        key_of: dict[tuple[int, int], int] = {}
+        signatures = [
+            key_of.setdefault(key, len(key_of))
+            for key in zip(name_bits, type_bits, strict=False)  # type_bits may be endless
+        ]
+        keys = list(key_of)
+
+        # Which rules select each signature (a bit per rule index), and which names it holds.
+        self._sig_rules: list[int] = []
+        self._name_bits = self._type_bits = 0
+        for nb, tb in keys:
+            self._name_bits |= nb
+            self._type_bits |= tb
+            selected = 0
+            for r, ((inc_n, inc_t), (exc_n, exc_t)) in zip(rules, rule_masks, strict=True):
+                if (nb & inc_n or tb & inc_t) and not (nb & exc_n or tb & exc_t):
+                    selected |= 1 << r.index
+            self._sig_rules.append(selected)
+        # The first name of each signature. Signatures are numbered in order of their first
+        # names, so each search starts where the last one ended: one scan in C in all.
+        self._first: list[int] = []
+        start = 0
+        for sig in range(len(keys)):
+            start = signatures.index(sig, start)
+            self._first.append(start)
+        self._members_cache: list[list[int]] | None = None
+        self._name_bit = {k: 1 << v for k, v in name_ids.items()}
+        self._type_bit = {k: 1 << v for k, v in type_ids.items()}
+        self._signatures = signatures
+
+    def first_of_signature(self) -> list[int]:
+        """For each signature, the index of its first name."""
+        self.signatures  # noqa: B018 - classify on first use
+        return list(self._first)
+
+    def _members(self) -> list[list[int]]:
+        """The indices of the names of each signature (made on first use: lint needs them,
+        applying a policy does not)."""
+        if self._members_cache is None:
+            members: list[list[int]] = [[] for _ in self._first]
+            for i, sig in enumerate(self.signatures):
+                members[sig].append(i)
+            self._members_cache = members
+        return self._members_cache
+
+    def signature_rules(self, signature: int) -> int:
+        """The rules that select the names of `signature`, as a bit per rule index."""
+        self.signatures  # noqa: B018 - classify on first use
+        return self._sig_rules[signature]
+
+    def matches_anything(self, selector: Selector) -> bool:
+        """Whether `selector` (one of this policy's) selects some name on its own."""
+        self.signatures  # noqa: B018 - classify on first use
+        if isinstance(selector, NamePattern):
+            bit = self._name_bit.get((selector.text, selector.anchored))
+            return bit is not None and bool(self._name_bits & bit)
+        if self.module_types is None:
+            return False
+        bit = self._type_bit.get(selector.text)
+        return bit is not None and bool(self._type_bits & bit)
+
+    def selected(self, rule: Rule) -> frozenset[int]:
+        """Indices of the names `rule` selects (its `except` already removed)."""
+        hit = self._selected.get(rule.index)
+        if hit is None:
+            self.signatures  # noqa: B018 - classify on first use
+            bit = 1 << rule.index
+            hit = self._selected[rule.index] = frozenset(
+                itertools.chain.from_iterable(
+                    m for m, sel in zip(self._members(), self._sig_rules, strict=True) if sel & bit
+                )
+            )
+        return hit
+
+    # --- moments -------------------------------------------------------------------------------
+
+    def order(self, epoch: int, step: int, steps_per_epoch: int | None = None) -> list[Rule]:
+        """The rules whose time has come, in the order they apply."""
+        active = [r for r in self.policy.rules if r.active(epoch, step)]
+        active.sort(key=lambda r: (time_key(r.start, steps_per_epoch), r.index))
+        return active
+
+    def state_key(self, epoch: int, step: int, steps_per_epoch: int | None = None) -> tuple:
+        """What the decisions at (epoch, step) depend on: the active rules in order, and the
+        progress of the warm-ups under way. Equal keys give equal decisions."""
+        order = tuple(r.index for r in self.order(epoch, step, steps_per_epoch))
+        if not self._warming:
+            return order
+        factors = tuple(
+            self._factor(r, epoch, step, steps_per_epoch)
+            for r in self._warming
+            if r.active(epoch, step)
+        )
+        return (order, factors)
+
+    def decide_signatures(
+        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+    ) -> list[Decision]:
+        """One decision per signature at (epoch, step): the decision of its first name."""
+        key = self.state_key(epoch, step, steps_per_epoch)
+        cached = self._templates.get(key)
+        if cached is None:
+            order = self.order(epoch, step, steps_per_epoch)
+            factors = {
+                r.index: self._factor(r, epoch, step, steps_per_epoch)
+                for r in order
+                if r.statement.warmup is not None
+            }
+            if len(self._templates) > 4096:  # a long warm-up makes a key per step: bound it
+                self._templates.clear()
+            cached = self._templates[key] = self._decide(order, factors)
+        return cached
+
+    def decisions(
+        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+    ) -> DecisionView:
+        """The decisions at (epoch, step) as a read-only mapping, made as they are looked up."""
+        templates = self.decide_signatures(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch)
+        return DecisionView(self, templates)
+
+    def resolve(
+        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+    ) -> dict[str, Decision]:
+        key = self.state_key(epoch, step, steps_per_epoch)
+        last = self._last_resolved
+        if last is None or last[0] != key:
+            templates = self.decide_signatures(
+                epoch=epoch, step=step, steps_per_epoch=steps_per_epoch
+            )
+            signatures = self.signatures
+            out: dict[str, Decision] = {}
+            for name, i in self.position.items():
+                d = templates[signatures[i]]
+                out[name] = d if d.name == name else _renamed(d, name)
+            last = self._last_resolved = (key, out)
+        # A copy: the cache must not change when a caller edits the dict it was given.
+        return dict(last[1])
+
+    def _factor(self, rule: Rule, epoch: int, step: int, steps_per_epoch: int | None) -> float:
+        try:
+            return rule.warmup_factor(epoch, step, steps_per_epoch)
+        except PolicyResolveError as exc:  # say where, in this policy's own file
+            d = exc.first
+            lines = self.policy.text.split("\n")
+            source = lines[d.line - 1] if d.line and 0 < d.line <= len(lines) else None
+            where = dataclasses.replace(d, path=self.policy.source, source_line=source)
+            raise PolicyResolveError(where) from None
+
+    def _decide(self, order: list[Rule], factors: Mapping[int, float]) -> list[Decision]:
+        """One decision per signature, for the rules of `order` applied in that order."""
+        self.signatures  # noqa: B018 - classify on first use
+        out: list[Decision] = []
+        for sig, selected in enumerate(self._sig_rules):
+            t_rule = lr_rule = wd_rule = s_rule = None
+            for rule in order:  # the last applied statement that selects a name decides
+                if not selected >> rule.index & 1:
+                    continue
+                action = rule.statement.action
+                if action in ("freeze", "unfreeze"):
+                    t_rule = rule
+                elif action == "lr":
+                    lr_rule = rule
+                elif action == "stats":
+                    s_rule = rule
+                else:
+                    wd_rule = rule
+            lr = rate_of(lr_rule)
+            wd = rate_of(wd_rule)
+            # A warm-up under way (of the `unfreeze` that made the parameter trainable, or of
+            # the `lr` that set its rate) scales its rate; the one least far along holds it back.
+            ramp = min(
+                (
+                    factors.get(r.index, 1.0)
+                    for r in (t_rule, lr_rule)
+                    if r is not None and r.statement.action in ("unfreeze", "lr")
+                ),
+                default=1.0,
+            )
+            if ramp < 1.0 and not (lr is not None and lr.is_zero):
+                lr = Rate(lr.value * ramp, lr.relative) if lr else Rate(ramp, relative=True)
+            if lr is not None and lr.is_zero:
+                # A learning rate of 0 is a freeze: reported (and later applied) as not trainable.
+                trainable: bool | None = False
+                t_by = lr_rule
+            elif t_rule is not None:
+                trainable = t_rule.statement.action == "unfreeze"
+                t_by = t_rule
+            else:
+                trainable, t_by = None, None
+            out.append(
+                Decision(
+                    self.names[self._first[sig]],
+                    trainable,
+                    lr,
+                    wd,
+                    t_by.statement if t_by else None,
+                    lr_rule.statement if lr_rule else None,
+                    wd_rule.statement if wd_rule else None,
+                    s_rule.statement.mode == "update" if s_rule else None,
+                    s_rule.statement if s_rule else None,
+                    ramp if ramp < 1.0 else None,
+                )
+            )
+        return out
+
+    def moments(self, limit: int = MAX_LINT_MOMENTS) -> list[tuple[int, int]]:
+        """Moments (epoch, step) that together see every reachable set of active statements.
+
+        Epoch-timed and step-timed statements activate independently, so every combination of
+        an epoch event with a step event is a distinct set; (0, 0) comes first. Past `limit`
+        combinations only a subset is tried.
+        """
+        epochs, steps = self.policy.clock_times()
+        moments = list(itertools.product(epochs, steps))
+        if len(moments) > limit:
+            # Too many combinations to try them all: each clock on its own, and both together.
+            moments = sorted(
+                {(e, 0) for e in epochs} | {(0, s) for s in steps} | {(epochs[-1], steps[-1])}
+            )
+        return moments
+
+    def effective_statements(self) -> set[int]:
+        """Indices of the statements that decide some setting of some name at some moment."""
+        used: set[int] = set()
+        for epoch, step in self.moments():
+            for d in self._resolve_ignoring_warmup(epoch, step):
+                for st in (d.trainable_by, d.lr_by, d.decay_by, d.stats_by):
+                    if st is not None:
+                        used.add(self._statement_index[id(st)])
+        return used
+
+    def _resolve_ignoring_warmup(self, epoch: int, step: int) -> list[Decision]:
+        """Who decides what at a moment (one decision per signature); warm-up progress does not
+        change who decides, and needs no `steps_per_epoch` here."""
+        return self._decide(self.order(epoch, step), {})

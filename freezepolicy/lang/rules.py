@@ -1,0 +1,269 @@
+"""Statements compiled into rules on a timeline, and the decisions they make.
+
+A `Rule` is one group of one statement: a matcher for its selectors and the moment it starts.
+A `Decision` is what the rules in force say about one parameter at one moment. Pure Python.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import Diagnostic, PolicyResolveError
+from .nodes import NamePattern, Selector, Statement, TypePattern, When
+from .patterns import compile_name_pattern, compile_type_pattern
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A learning rate or weight decay: absolute, or `relative` to the optimizer's base value."""
+
+    value: float
+    relative: bool = False
+
+    def of(self, base: float) -> float:
+        """The absolute value, given the optimizer's base value."""
+        return self.value * base if self.relative else self.value
+
+    @property
+    def is_zero(self) -> bool:
+        return self.value == 0
+
+    def __str__(self) -> str:
+        return f"{self.value:g}x" if self.relative else f"{self.value:g}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy says about one parameter at one moment.
+
+    `trainable` is None when no statement selects the parameter: it is left as the model had it.
+    `lr` and `weight_decay` are None when no statement sets them (the optimizer's own apply).
+    `stats` is True / False when a `stats update` / `stats freeze` statement decides whether
+    running statistics of normalization layers update, None to follow `trainable`.
+    `*_by` name the statement that decided each setting; `statement` is the one to show first.
+    """
+
+    name: str
+    trainable: bool | None = None
+    lr: Rate | None = None
+    weight_decay: Rate | None = None
+    trainable_by: Statement | None = None
+    lr_by: Statement | None = None
+    decay_by: Statement | None = None
+    stats: bool | None = None
+    stats_by: Statement | None = None
+    #: The warm-up factor in (0, 1) while a warm-up holds the learning rate back (`lr` is
+    #: already scaled by it), else None.
+    warmup: float | None = None
+
+    @property
+    def statement(self) -> Statement | None:
+        return self.trainable_by or self.lr_by or self.decay_by or self.stats_by
+
+    @property
+    def line(self) -> int | None:
+        st = self.statement
+        return st.line if st is not None else None
+
+
+def time_key(when: When | None, steps_per_epoch: int | None) -> tuple[int, int]:
+    """Where a rule starting at `when` sits on the timeline; ties are broken by file position.
+
+    Without `steps_per_epoch` the two clocks cannot be compared, so epoch-timed statements are
+    ordered before step-timed ones (docs/language.md, "Time"). Time 0 on either clock is the
+    start, the same moment as a statement with no time.
+    """
+    if when is None or when.at == 0:
+        return (0, 0)
+    if steps_per_epoch is not None:
+        return (0, when.at * steps_per_epoch if when.clock == "epoch" else when.at)
+    return (0 if when.clock == "epoch" else 1, when.at)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One group of a statement compiled: a regex for its name patterns, globs for its type
+    selectors, and when it starts. A plain statement is one rule; `a then b then c ... every
+    2 epochs` is one rule per group, each starting `every` later than the one before.
+
+    The regexes are compiled when first used: binding matches names with `PartMatcher`, so
+    parsing a policy (lint, fmt) never pays for them."""
+
+    index: int
+    statement: Statement
+    #: Position of the statement in the policy, and of this rule's group in the statement.
+    statement_index: int = 0
+    group: int = 0
+    #: When the rule takes effect (None: from the start).
+    start: When | None = None
+
+    @classmethod
+    def compile_statement(cls, first_index: int, statement_index: int, st: Statement) -> list[Rule]:
+        rules = []
+        for group in range(len(st.selection.groups)):
+            start = st.when
+            if group and st.every is not None:
+                base = st.when or When(st.every.clock, 0)
+                start = When(base.clock, base.at + group * st.every.count, base.span)
+            index = first_index + group
+            rules.append(cls(index, st, statement_index, group, start))
+        return rules
+
+    @functools.cached_property
+    def _include(self) -> tuple[re.Pattern[str] | None, tuple[re.Pattern[str], ...]]:
+        return _compile_selectors(self.statement.selection.groups[self.group])
+
+    @functools.cached_property
+    def _exclude(self) -> tuple[re.Pattern[str] | None, tuple[re.Pattern[str], ...]]:
+        return _compile_selectors(self.statement.selection.exclude)
+
+    @property
+    def include(self) -> re.Pattern[str] | None:
+        """One regex for the name selectors of this group (None without any)."""
+        return self._include[0]
+
+    @property
+    def include_types(self) -> tuple[re.Pattern[str], ...]:
+        return self._include[1]
+
+    @property
+    def exclude(self) -> re.Pattern[str] | None:
+        """One regex for the name selectors of `except` (None without any)."""
+        return self._exclude[0]
+
+    @property
+    def exclude_types(self) -> tuple[re.Pattern[str], ...]:
+        return self._exclude[1]
+
+    @property
+    def label(self) -> str:
+        """The statement, or for one group of a `then` statement, that group and its time."""
+        st = self.statement
+        groups = st.selection.groups
+        if len(groups) == 1:
+            return str(st)
+        selectors = ", ".join(str(s) for s in groups[self.group])
+        when = f" at {self.start.clock} {self.start.at}" if self.start else ""
+        return f"{st.action} {selectors}{when} (group {self.group + 1} of {len(groups)})"
+
+    def warmup_factor(self, epoch: int, step: int, steps_per_epoch: int | None) -> float:
+        """How far the statement's warm-up has come at (epoch, step): in (0, 1], 1 when done.
+
+        The ramp is linear and counts the step about to be taken, so the first step after
+        the rule starts uses 1/N of the rate and the N-th the whole rate. With both in epochs
+        and `steps_per_epoch` unknown, it moves once per epoch.
+        """
+        warmup = self.statement.warmup
+        if warmup is None:
+            return 1.0
+        start = self.start or When(warmup.clock, 0)
+        spe = steps_per_epoch
+        if start.clock == warmup.clock == "epoch" and spe is None:
+            done, total = epoch - start.at, warmup.count
+        elif start.clock == warmup.clock == "step":
+            done, total = step - start.at, warmup.count
+        else:
+            if spe is None:
+                raise PolicyResolveError(needs_steps_per_epoch(self.statement))
+            start_step = start.at * spe if start.clock == "epoch" else start.at
+            total = warmup.count * spe if warmup.clock == "epoch" else warmup.count
+            done = step - start_step
+        return min(1.0, max(done + 1, 1) / total)
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        """The settings this statement decides for the parameters it selects."""
+        action = self.statement.action
+        if action in ("freeze", "unfreeze"):
+            return ("trainable",)
+        if action == "lr":
+            return ("lr",)
+        if action == "stats":
+            return ("stats",)
+        return ("decay",)
+
+    def active(self, epoch: int, step: int) -> bool:
+        when = self.start
+        if when is None:
+            return True
+        return (epoch if when.clock == "epoch" else step) >= when.at
+
+    def selected(
+        self, names: Sequence[str], module_types: Mapping[str, Collection[str]] | None
+    ) -> frozenset[int]:
+        """Indices of the names this statement selects (its `except` already removed)."""
+        hits = _match(names, self.include, self.include_types, module_types)
+        if self.exclude is not None or self.exclude_types:
+            hits -= _match(names, self.exclude, self.exclude_types, module_types)
+        return frozenset(hits)
+
+
+def _compile_selectors(
+    selectors: Iterable[Selector],
+) -> tuple[re.Pattern[str] | None, tuple[re.Pattern[str], ...]]:
+    names = [s for s in selectors if isinstance(s, NamePattern)]
+    types = tuple(compile_type_pattern(s.text) for s in selectors if isinstance(s, TypePattern))
+    if not names:
+        return None, types
+    # Duplicates are dropped first: a selector listed twice must not make the regex twice as big.
+    unique = dict.fromkeys((s.text, s.anchored) for s in names)
+    if len(unique) == 1:  # the parser compiled it already: take it from the cache
+        return compile_name_pattern(*next(iter(unique))), types
+    combined = "|".join(compile_name_pattern(t, a).pattern for t, a in unique)
+    return re.compile(combined), types
+
+
+def _match(
+    names: Sequence[str],
+    regex: re.Pattern[str] | None,
+    types: tuple[re.Pattern[str], ...],
+    module_types: Mapping[str, Collection[str]] | None,
+) -> set[int]:
+    hits: set[int] = set()
+    if regex is not None:
+        search = regex.search
+        hits.update(i for i, n in enumerate(names) if search(n))
+    if types and module_types is not None:
+        for i, n in enumerate(names):
+            classes = module_types.get(n, ())
+            if any(t.fullmatch(c) for t in types for c in classes):
+                hits.add(i)
+    return hits
+
+
+def selector_matches(
+    selector: Selector,
+    names: Sequence[str],
+    module_types: Mapping[str, Collection[str]] | None = None,
+) -> list[str]:
+    """The names one selector matches (used by lint and `show`)."""
+    if isinstance(selector, NamePattern):
+        regex = compile_name_pattern(selector.text, selector.anchored)
+        return [n for n in names if regex.search(n)]
+    glob = compile_type_pattern(selector.text)
+    if module_types is None:
+        return []
+    return [n for n in names if any(glob.fullmatch(c) for c in module_types.get(n, ()))]
+
+
+def rate_of(rule: Rule | None) -> Rate | None:
+    if rule is None or rule.statement.value is None:
+        return None
+    v = rule.statement.value
+    return Rate(v.number, v.relative)
+
+
+def needs_steps_per_epoch(st: Statement) -> Diagnostic:
+    span = st.warmup.span if st.warmup is not None else st.span
+    return Diagnostic(
+        "FP207",
+        f"`{st}` mixes epochs and steps in its warm-up, which needs the number of steps per "
+        "epoch: pass steps_per_epoch (FreezeScheduler and the Trainer callback do)",
+        "<policy>",
+        span.line,
+        span.column,
+        span.end_column if span.end_line == span.line else None,
+    )

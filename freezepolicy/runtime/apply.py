@@ -1,0 +1,309 @@
+"""Applying a policy to a torch model (and optimizer): the only stage that changes torch state.
+
+`apply_policy(model, policy, optimizer, epoch=..., step=...)` sets the state the policy gives at
+that moment. The state is a function of the moment alone: "untouched" means as the model had it
+before freezepolicy first touched it (recorded at the first apply), so the same call serves at the
+start, at every epoch or step boundary, and after a resume, and applying twice equals once.
+
+Everything is computed first and changed after: a policy that does not fit the model (a tied
+tensor decided two ways, a selector that matches nothing under `strict=True`) or an optimizer that
+cannot take it raises before the model or optimizer is touched.
+
+Repeated applies are cheap: the policy is matched against the model's names once per (model,
+policy), and when the set of active statements has not changed since the last apply on this model
+and optimizer, nothing is recomputed or changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import os
+import weakref
+from collections.abc import Sequence
+from itertools import compress
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..lang.errors import PolicyResolveError
+from ..lang.policy import Policy
+from ..lang.rules import Decision
+from . import norm
+from .binding import Binding, ModelSnapshot, as_policy, bind, check_steps_per_epoch, snapshot
+from .optimizer_plan import OptimizerPlan, plan_optimizer
+from .rates import MARKER, as_float
+from .report import ApplyReport, GroupReport, StatementReport
+from .schedulers import check_schedulers
+
+#: Optimizer -> (binding key, order key, group layout) of the last apply with it.
+_OPTIMIZERS: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple] = weakref.WeakKeyDictionary()
+
+
+def _check_moment(epoch: int, step: int) -> None:
+    for label, value in (("epoch", epoch), ("step", step)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{label} must be a non-negative integer, not {value!r}")
+
+
+def _layout(optimizer: torch.optim.Optimizer) -> tuple:
+    # Cheap: which group lists, how long. Catches groups added, removed or replaced.
+    return tuple((id(g["params"]), len(g["params"])) for g in optimizer.param_groups)
+
+
+# --- apply ---------------------------------------------------------------------------------------
+
+
+def apply_policy(
+    model: nn.Module,
+    policy: Policy | str | os.PathLike[str],
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    epoch: int = 0,
+    step: int = 0,
+    steps_per_epoch: int | None = None,
+    strict: bool = False,
+    scheduler: Any = None,
+) -> ApplyReport:
+    """Set `model` (and `optimizer`) to the state `policy` gives at (`epoch`, `step`).
+
+    - requires_grad as resolved; a tensor no statement decides is left as the model had it
+      before the first apply. `lr 0` is a freeze.
+    - A tensor the policy freezes gets `grad = None` and loses its optimizer state, so neither
+      momentum nor weight decay can move it.
+    - Normalization layers with running statistics whose parameters are all frozen are held in
+      eval mode (statistics fixed), even after `model.train()`; `stats update` / `stats freeze`
+      statements decide otherwise.
+    - With `optimizer`: its groups are reshaped to the policy's groups if needed (each tensor's
+      state kept), and each group's lr and weight decay set. `scheduler` (one or a list) is only
+      needed for schedulers that keep their own base rates (LambdaLR, ...), so they follow policy
+      rate changes.
+
+    `epoch` and `step` are 0-based; `step` counts from the start of training. `steps_per_epoch`
+    lets `at epoch` and `at step` statements be ordered on one clock. With `strict=True` a
+    selector that selects nothing is an error. Every error (`PolicyError`, or ValueError for an
+    optimizer or scheduler that cannot take the policy) is raised before anything changes.
+    """
+    _check_moment(epoch, step)
+    check_steps_per_epoch(steps_per_epoch)
+    policy = as_policy(policy)
+    schedulers = _as_list(scheduler)
+    if schedulers and optimizer is None:
+        raise ValueError("a scheduler is passed but no optimizer: pass the optimizer it drives")
+    root, snap = snapshot(model)
+    bkey, binding = bind(snap, policy, steps_per_epoch)
+    binding.raise_errors()
+    if strict:
+        nothing = [d for d in binding.diagnostics if d.code == "FP201"]
+        if nothing:
+            raise PolicyResolveError([dataclasses.replace(d, severity="error") for d in nothing])
+
+    order = binding.order_key(epoch, step)
+    # The optimizer is part of the key so the cached report's groups are this optimizer's.
+    state_key = (bkey, order, None if optimizer is None else id(optimizer))
+    if (
+        snap.last == state_key
+        and snap.last_report is not None
+        and (optimizer is None or _OPTIMIZERS.get(optimizer) == (*state_key, _layout(optimizer)))
+    ):
+        return dataclasses.replace(snap.last_report, epoch=epoch, step=step, changed=False)
+
+    decisions = binding.merged(epoch, step)
+    params = binding.params
+    # map/attrgetter: these passes run over every tensor, 100k in a large model.
+    current = list(map(_requires_grad, params))
+    snap.record_originals(params, current)
+    original = snap.originals
+    decided = list(map(_trainable, decisions))
+    targets = [
+        t if t is not None else original[id(p)] for t, p in zip(decided, params, strict=True)
+    ]
+    # Tensors that must end with no gradient and no optimizer state: frozen by the policy, or
+    # trainable until now and frozen by this apply (back to an untouched frozen original).
+    cleared = [
+        i
+        for i, (t, now, target) in enumerate(zip(decided, current, targets, strict=True))
+        if t is False or (now and not target)
+    ]
+    hold, release = _plan_norms(binding, snap, decisions, targets, epoch, step)
+    plan = None
+    if optimizer is not None:
+        # Raises (before any change) when the groups must be split under a scheduler that
+        # cannot follow the split.
+        rates = binding.rates(decisions)
+        plan = plan_optimizer(optimizer, binding, rates, targets, schedulers)
+        check_schedulers(schedulers, optimizer)
+    dist = _distributed()
+    if dist is not None:  # ranks must agree, and DDP must be able to follow (FP206)
+        dist.check_apply(model, binding.params, targets, source=policy.source)
+
+    # --- nothing has changed up to here; from here on, change the model and optimizer ---
+    changed = False
+    if plan is not None and plan.changes:
+        plan.execute(schedulers)
+        changed = True
+    for p, now, target in zip(params, current, targets, strict=True):
+        if now != target:
+            p.requires_grad_(target)
+            changed = True
+    for i in cleared:
+        p = binding.params[i]
+        if p.grad is not None:
+            p.grad = None
+            changed = True
+        if optimizer is not None and p in optimizer.state:
+            # Dropped, not kept: a frozen tensor holds no optimizer memory, and an unfreeze
+            # starts it fresh, the same whether or not training was resumed in between.
+            del optimizer.state[p]
+            changed = True
+    for module in hold:
+        if not norm.is_held(module) or module.training:
+            changed = True
+        norm.hold(module)
+    for module in release:
+        norm.release(module, root.training)
+        changed = True
+    if dist is not None:
+        dist.sync_after_apply(model, source=policy.source)
+
+    report = _report(binding, snap, policy, decisions, targets, optimizer, plan, epoch, step)
+    report = dataclasses.replace(report, changed=changed)
+    snap.last, snap.last_report = state_key, report
+    if optimizer is not None:
+        _OPTIMIZERS[optimizer] = (*state_key, _layout(optimizer))
+    return report
+
+
+_requires_grad = operator.attrgetter("requires_grad")
+_trainable = operator.attrgetter("trainable")
+
+
+def _distributed() -> Any:
+    """freezepolicy.distributed when a process group is up, else None: only then can a DDP or
+    FSDP wrapper need keeping in step, and single-process training never imports it."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    from . import distributed
+
+    return distributed
+
+
+def _as_list(scheduler: Any) -> list[Any]:
+    if scheduler is None:
+        return []
+    if isinstance(scheduler, (list, tuple)):
+        return list(scheduler)
+    return [scheduler]
+
+
+def _plan_norms(
+    binding: Binding,
+    snap: ModelSnapshot,
+    decisions: Sequence[Decision],
+    targets: Sequence[bool],
+    epoch: int,
+    step: int,
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Which normalization layers to hold in eval mode and which to let go.
+
+    Held: a `stats freeze` decides so, or (no `stats` statement decides) the layer has parameters,
+    none of them ends up trainable, and the policy froze at least one. A layer no statement
+    touches is left as the model had it. When the layer's parameters carry different `stats`
+    decisions, the statement applied last wins.
+    """
+    position = {
+        id(r.statement): n
+        for n, r in enumerate(binding.bound.order(epoch, step, binding.steps_per_epoch))
+    }
+    hold: list[nn.Module] = []
+    release: list[nn.Module] = []
+    for _path, ref, param_ids in snap.norms:
+        module = ref()
+        if module is None:
+            continue
+        idx = [binding.index[i] for i in param_ids if i in binding.index]
+        stats = [decisions[i] for i in idx if decisions[i].stats is not None]
+        if stats:
+            last = max(stats, key=lambda d: position.get(id(d.stats_by), -1))
+            held = last.stats is False
+        else:
+            held = (
+                bool(idx)
+                and not any(targets[i] for i in idx)
+                and any(decisions[i].trainable is False for i in idx)
+            )
+        if held:
+            hold.append(module)
+        elif norm.is_held(module):
+            release.append(module)
+    return hold, release
+
+
+def _report(
+    binding: Binding,
+    snap: ModelSnapshot,
+    policy: Policy,
+    decisions: Sequence[Decision],
+    targets: Sequence[bool],
+    optimizer: torch.optim.Optimizer | None,
+    plan: OptimizerPlan | None,
+    epoch: int,
+    step: int,
+) -> ApplyReport:
+    # itertools.compress: these run over every tensor, 100k in a large model.
+    names, elements = binding.names, binding.elements
+    not_targets = [not t for t in targets]
+    trainable = tuple(compress(names, targets))
+    frozen = tuple(compress(names, not_targets))
+    untouched = tuple(compress(names, [t is None for t in map(_trainable, decisions)]))
+    t_el = sum(compress(elements, targets))
+    f_el = sum(compress(elements, not_targets))
+    active = {r.index for r in binding.bound.order(epoch, step, binding.steps_per_epoch)}
+    totals = binding.rule_totals()
+    statements = [
+        StatementReport(rule.statement.line, rule.label, *totals[rule.index], rule.index in active)
+        for rule in policy.rules
+    ]
+    modules = [(path, ref()) for path, ref, _ in snap.norms]
+    held = tuple(path for path, m in modules if m is not None and norm.is_held(m))
+    groups: list[GroupReport] = []
+    if optimizer is not None:
+        for gi, g in enumerate(optimizer.param_groups):
+            idx = [binding.index[id(p)] for p in g["params"] if id(p) in binding.index]
+            marker = g.get(MARKER)
+            wd = g.get("weight_decay")
+            groups.append(
+                GroupReport(
+                    gi,
+                    len(g["params"]),
+                    sum(1 for i in idx if targets[i]),
+                    as_float(g["lr"]),
+                    None if wd is None else as_float(wd),
+                    marker.get("key") if isinstance(marker, dict) else None,
+                )
+            )
+    # Made as they are looked up: most programs read a few, and a model can have 100k.
+    per_name = binding.bound.decisions(
+        epoch=epoch, step=step, steps_per_epoch=binding.steps_per_epoch
+    )
+    warnings = [d.format() for d in binding.diagnostics]
+    if plan is not None:
+        warnings.extend(f"warning: {w}" for w in plan.warnings)
+    return ApplyReport(
+        source=policy.source,
+        epoch=epoch,
+        step=step,
+        trainable=trainable,
+        frozen=frozen,
+        untouched=untouched,
+        trainable_elements=t_el,
+        frozen_elements=f_el,
+        statements=tuple(statements),
+        held_norm=held,
+        groups=tuple(groups),
+        diagnostics=tuple(binding.diagnostics),
+        warnings=tuple(warnings),
+        changed=True,
+        decisions=per_name,
+    )
