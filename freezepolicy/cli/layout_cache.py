@@ -28,7 +28,7 @@ from ..version import __version__
 from .layout import ModelLayout
 
 #: Bumped when the file layout below changes, so old files are never read as new ones.
-FORMAT = 1
+FORMAT = 2
 #: Spec kind -> the distributions (besides torch) whose versions decide what it builds.
 BUILTIN_KINDS: dict[str, tuple[str, ...]] = {
     "torchvision": ("torchvision",),
@@ -154,6 +154,7 @@ def encode(layout: ModelLayout) -> dict[str, Any]:
         "types": types,
         "modules": [[path, cls] for path, cls in layout.module_classes.items()],
         "tied": [list(group) for group in layout.tied],
+        "adapters": layout.adapters,
     }
 
 
@@ -210,12 +211,16 @@ def decode(data: Any) -> ModelLayout:
     tied = [_str_list(group) for group in _list(data.get("tied"))]
     if not all(len(group) > 1 and known.issuperset(group) for group in tied):
         raise _Invalid("tied group of unknown names")
+    adapters = data.get("adapters")
+    if not isinstance(adapters, str):
+        raise _Invalid("adapters is not a string")
     return ModelLayout(
         names=tuple(names),
         shapes={name: _shape(shape) for name, shape in zip(names, shapes, strict=True)},
         module_types={name: type_sets[i] for name, i in zip(names, types, strict=True)},
         module_classes=modules,
         tied=tied,
+        adapters=adapters,
     )
 
 
