@@ -1,14 +1,15 @@
 """A cache on disk of the layouts of built-in model specs, so `lint --model` and `show --model`
 can skip importing torch and transformers (several seconds) when they saw the spec before.
 
-Only `torchvision:` and `transformers:` specs are cached: they are fully described by the spec,
-freezepolicy's own sources and the installed library versions, which together make the key. A
-`package.module:factory` spec runs user code that may change at any time, so it is always built.
+Only `torchvision:` and `transformers:` specs and config files are cached: they are fully
+described by the spec (for a config file, the file's content), freezepolicy's own sources and the
+installed library versions, which together make the key. A `package.module:factory` spec runs
+user code that may change at any time, so it is always built.
 
 The cache is an optimisation and nothing more: a file that is unreadable, malformed or written
 for another key is a miss (and is overwritten), and a directory that cannot be written is
-skipped silently. This module imports neither torch nor `freezepolicy.models` until a model
-really has to be built.
+skipped silently. This module imports neither torch nor transformers until a model really has
+to be built (models.py and hf_specs.py import them only to build).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from ..version import __version__
+from .hf_specs import config_file
 from .layout import ModelLayout
+from .models import config_path
 
 #: Bumped when the file layout below changes, so old files are never read as new ones.
 FORMAT = 2
@@ -33,9 +36,16 @@ FORMAT = 2
 BUILTIN_KINDS: dict[str, tuple[str, ...]] = {
     "torchvision": ("torchvision",),
     "transformers": ("transformers",),
+    "config": ("transformers",),  # path/to/config.json
 }
 #: freezepolicy sources that define the built-in specs and how a layout is read from a model.
-KEY_SOURCES = ("cli/models.py", "runtime/modelinfo.py", "cli/layout.py")
+KEY_SOURCES = (
+    "cli/models.py",
+    "cli/hf_specs.py",
+    "cli/meta.py",
+    "runtime/modelinfo.py",
+    "cli/layout.py",
+)
 
 
 class _Invalid(Exception):
@@ -99,8 +109,20 @@ def key_fields(spec: str) -> dict[str, Any] | None:
     the key cannot be known (then the model is built and nothing is cached)."""
     spec = spec.strip()
     kind = spec.partition(":")[0]
+    content: dict[str, str] = {}
     if kind not in BUILTIN_KINDS:
-        return None
+        path = config_path(spec)
+        if path is None:
+            return None
+        kind = "config"
+        try:
+            data = config_file(path[0]).read_bytes()
+        except OSError:
+            return None  # the build reports the unreadable file
+        # The layout depends on the file's content and the class asked for, not on where the
+        # file is: the same config.json in another checkout is the same layout.
+        spec = f"config.json:{path[1]}" if path[1] else "config.json"
+        content["config_sha256"] = hashlib.sha256(data).hexdigest()
     sources = _source_hashes()
     if sources is None:
         return None
@@ -115,6 +137,7 @@ def key_fields(spec: str) -> dict[str, Any] | None:
         "freezepolicy": __version__,
         "sources": sources,
         "versions": versions,
+        **content,
     }
 
 
