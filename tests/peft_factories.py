@@ -9,18 +9,12 @@ A tiny BERT with a 3-label classifier (random weights, nothing downloaded), wrap
 from __future__ import annotations
 
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
-#: Small enough to train in milliseconds on a CPU.
-TINY_BERT = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    vocab_size=100,
-    max_position_embeddings=16,
-    num_labels=3,
-)
+try:  # imported by pytest, which puts tests/ on sys.path
+    from model_factories import tiny_bert_config
+except ImportError:  # imported as a spec, `tests.peft_factories:lora_bert`, from the checkout
+    from tests.model_factories import tiny_bert_config
 
 
 def lora_config(**overrides) -> LoraConfig:
@@ -36,5 +30,7 @@ def lora_config(**overrides) -> LoraConfig:
 
 def lora_bert(**overrides) -> PeftModel:
     """The tiny BERT with LoRA adapters; `overrides` changes the LoraConfig."""
-    base = BertForSequenceClassification(BertConfig(**TINY_BERT))
+    base = BertForSequenceClassification(
+        tiny_bert_config(max_position_embeddings=16, num_labels=3)
+    )
     return get_peft_model(base, lora_config(**overrides))

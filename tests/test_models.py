@@ -267,17 +267,9 @@ def test_a_head_and_a_class_together_is_an_error():
 
 
 def write_config(path: Path, **fields) -> Path:
-    from transformers import BertConfig
+    from model_factories import tiny_bert_config
 
-    config = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=120,
-        **fields,
-    )
-    config.to_json_file(str(path))
+    tiny_bert_config(num_hidden_layers=3, vocab_size=120, **fields).to_json_file(str(path))
     return path
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ pytest.importorskip("peft")
 from peft_factories import lora_bert  # noqa: E402
 
 import freezepolicy as fp  # noqa: E402
+from freezepolicy.cli import main  # noqa: E402
 from freezepolicy.runtime.modelinfo import inspect_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,22 +139,11 @@ def test_lora_plus_top_blocks_trains_and_leaves_the_rest_bit_identical(peft_mode
     )
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
-    return subprocess.run(
-        [sys.executable, "-m", "freezepolicy", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-def test_show_displays_the_adapters_in_the_tree() -> None:
-    done = run_cli("show", str(LORA), "--model", "tests.peft_factories:lora_bert")
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+def test_show_displays_the_adapters_in_the_tree(capsys, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)  # where `tests.peft_factories` is found, as from a checkout
+    assert main(["show", str(LORA), "--model", "tests.peft_factories:lora_bert"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
     assert lines[2] == (
         "peft    LoRA adapter `default` in 4 modules; modules_to_save adapter `default`: classifier"
     )
@@ -173,4 +160,4 @@ def test_show_displays_the_adapters_in_the_tree() -> None:
     assert row("modules_to_save")[:3] == ["modules_to_save", "ModuleDict", "trainable"]
     # LoRA A (4 x 32) and B (32 x 4) on query and value in 2 blocks; the 3-label head copy.
     lora, head = 2 * 2 * (4 * 32 + 32 * 4), 3 * 32 + 3
-    assert f"trainable  10 tensors   {lora + head:,} params" in done.stdout
+    assert f"trainable  10 tensors   {lora + head:,} params" in out

@@ -230,6 +230,8 @@ def build_config_file(path: str, choice: str = "") -> nn.Module:
         raise ModelSpecError(
             f"{file}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise ModelSpecError(f"config file {file} is nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ModelSpecError(f"config file {file} holds {type(data).__name__}, not a JSON object")
     model_type = data.get("model_type")
@@ -269,9 +271,9 @@ def _model_type(name: str, where: str = "") -> str:
     close += [c for c in difflib.get_close_matches(name, names, n=3, cutoff=0.6) if c not in close]
     suffix = f" {where}" if where else ""
     raise ModelSpecError(
-        f"transformers knows no model type or architecture `{name}`{suffix} "
-        f"({len(known)} model types such as bert, t5, mistral, vit, whisper; "
-        "named specs such as bert-base-uncased, llama-3-70b)",
+        f"transformers knows no model type or architecture `{name}`{suffix} (model types "
+        "such as bert, t5, mistral, vit, whisper; named specs such as bert-base-uncased, "
+        "llama-3-70b; `package.module:factory` for any other model)",
         [n if where else f"transformers:{n}" for n in close[:4]],
     )
 
