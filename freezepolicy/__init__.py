@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers
     from .runtime.apply import apply_policy
     from .runtime.groups import group_lrs, param_groups
     from .runtime.report import ApplyReport
+    from .runtime.summary import ModelSummary, summary
 
 # Torch-facing names, imported on first use: `import freezepolicy` (and `lint`) never loads torch.
 _LAZY = {
@@ -35,6 +36,8 @@ _LAZY = {
     "param_groups": "freezepolicy.runtime.groups",
     "group_lrs": "freezepolicy.runtime.groups",
     "FreezeScheduler": "freezepolicy.integrations.loop",
+    "summary": "freezepolicy.runtime.summary",
+    "ModelSummary": "freezepolicy.runtime.summary",
 }
 
 
@@ -55,6 +58,7 @@ __all__ = [
     "Decision",
     "Diagnostic",
     "FreezeScheduler",
+    "ModelSummary",
     "Policy",
     "PolicyError",
     "PolicyResolveError",
@@ -67,4 +71,5 @@ __all__ = [
     "load",
     "param_groups",
     "parse",
+    "summary",
 ]

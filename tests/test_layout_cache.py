@@ -241,3 +241,39 @@ def test_cache_location(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # ignored, as the XDG spec says
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert layout_cache.cache_dir() == tmp_path / "home" / ".cache" / "freezepolicy"
+
+
+def test_a_config_file_is_cached_by_its_content(cache, monkeypatch, tmp_path) -> None:
+    pytest.importorskip("transformers")
+    text = json.dumps(
+        {
+            "model_type": "bert",
+            "architectures": ["BertForSequenceClassification"],
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "vocab_size": 50,
+        }
+    )
+    first = tmp_path / "a" / "config.json"
+    first.parent.mkdir()
+    first.write_text(text, encoding="utf-8")
+    cold = model_layout(str(first))
+    [file] = cached(cache)
+    key = json.loads(file.read_text(encoding="ascii"))["key"]
+    assert key["config_sha256"] and key["versions"].keys() == {"torch", "transformers"}
+    assert cold == fresh(str(first)) and "classifier.weight" in cold.names
+    monkeypatch.setattr(layout_cache, "_build", no_build)
+    # The same content elsewhere, named by its directory: the same layout, from the cache.
+    copy = tmp_path / "b" / "config.json"
+    copy.parent.mkdir()
+    copy.write_text(text, encoding="utf-8")
+    assert model_layout(str(copy.parent)) == cold
+    monkeypatch.undo()
+    monkeypatch.setenv("FREEZEPOLICY_CACHE_DIR", str(cache))
+    # Another class, or an edited file: other keys, fresh builds.
+    assert "cls.predictions.bias" in model_layout(f"{first}:BertForMaskedLM").names
+    first.write_text(text.replace('"num_hidden_layers": 2', '"num_hidden_layers": 3'))
+    assert "bert.encoder.layer.2.output.dense.weight" in model_layout(str(first)).names
+    assert len(cached(cache)) == 3

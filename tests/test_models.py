@@ -8,6 +8,8 @@ model cards), not numbers read off this code.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -196,3 +198,166 @@ def test_head_class_must_fit_the_configuration():
 )
 def test_bad_specs_say_what_is_wrong(spec, fragment):
     assert fragment in str(spec_error(spec))
+
+
+# --- any transformers architecture, and config files -----------------------------------------
+
+
+def auto_model(head_class: str, model_type: str) -> torch.nn.Module:
+    """The model transformers' own auto classes build for a model type's default config: the
+    reference a `transformers:TYPE/HEAD` spec must match, name for name."""
+    import transformers
+
+    config = transformers.AutoConfig.for_model(model_type)
+    with torch.device("meta"):
+        return getattr(transformers, head_class).from_config(config)
+
+
+@pytest.mark.parametrize(
+    ("spec", "auto", "cls"),
+    [
+        ("transformers:mistral/causal-lm", "AutoModelForCausalLM", "MistralForCausalLM"),
+        (
+            "transformers:deberta-v2/sequence-classification",
+            "AutoModelForSequenceClassification",
+            "DebertaV2ForSequenceClassification",
+        ),
+        ("transformers:vit", "AutoModel", "ViTModel"),
+        ("transformers:whisper/base", "AutoModel", "WhisperModel"),
+    ],
+)
+def test_any_model_type_builds_with_the_head_transformers_auto_classes_pick(spec, auto, cls):
+    model = build_model(spec)
+    assert type(model).__name__ == cls and all_on_meta(model)
+    model_type = spec.partition(":")[2].partition("/")[0]
+    assert names_of(model) == names_of(auto_model(auto, model_type))
+
+
+def test_model_types_accept_underscores_a_class_and_heads_on_named_specs():
+    assert type(build_model("transformers:deberta_v2")).__name__ == "DebertaV2Model"
+    token = build_model("transformers:mistral:MistralForTokenClassification")
+    assert type(token).__name__ == "MistralForTokenClassification"
+    # A head on a named spec keeps the named shape: BERT base with its masked-LM head.
+    mlm = build_model("transformers:bert-base-uncased/masked-lm")
+    assert type(mlm).__name__ == "BertForMaskedLM"
+    assert len(mlm.bert.encoder.layer) == 12
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment", "suggestion"),
+    [
+        ("transformers:mistrall", "transformers knows no model type", "transformers:mistral"),
+        ("transformers:debreta-v2", "transformers knows no model type", "transformers:deberta-v2"),
+        (
+            "transformers:mistral/causal",
+            "no head `causal` for `mistral` (heads: base, ",
+            "causal-lm",
+        ),
+        ("transformers:t5/causal-lm", "no head `causal-lm` for `t5`", "seq-to-seq-causal-lm"),
+        ("t5", "is not `torchvision:NAME`", "transformers:t5"),
+    ],
+)
+def test_unknown_model_types_and_heads_list_close_names(spec, fragment, suggestion):
+    err = spec_error(spec)
+    assert fragment in err.message and suggestion in err.suggestions
+
+
+def test_a_head_and_a_class_together_is_an_error():
+    assert "give one" in spec_error("transformers:mistral/causal-lm:MistralModel").message
+
+
+def write_config(path: Path, **fields) -> Path:
+    from model_factories import tiny_bert_config
+
+    tiny_bert_config(num_hidden_layers=3, vocab_size=120, **fields).to_json_file(str(path))
+    return path
+
+
+def test_config_file_builds_the_exact_architecture_of_the_checkpoint(tmp_path):
+    file = write_config(
+        tmp_path / "config.json", architectures=["BertForSequenceClassification"], num_labels=5
+    )
+    model = build_model(str(file))
+    assert type(model).__name__ == "BertForSequenceClassification" and all_on_meta(model)
+    assert len(model.bert.encoder.layer) == 3
+    assert tuple(model.classifier.weight.shape) == (5, 32)
+    assert tuple(model.bert.embeddings.word_embeddings.weight.shape) == (120, 32)
+    # A directory holding config.json, as a checkpoint is saved; and another class or head.
+    assert names_of(build_model(str(tmp_path))) == names_of(model)
+    assert type(build_model(f"{file}:BertForMaskedLM")).__name__ == "BertForMaskedLM"
+    assert type(build_model(f"{file}:base")).__name__ == "BertModel"
+
+
+def test_config_file_without_architectures_builds_the_base_model(tmp_path):
+    file = write_config(tmp_path / "plain.json")
+    assert type(build_model(str(file))).__name__ == "BertModel"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('{"model_type": "bert",\n  "hidden_size": }', ":2:18: not valid JSON: Expecting value"),
+        ("[1, 2]", "holds list, not a JSON object"),
+        ('{"hidden_size": 8}', "has no `model_type`"),
+        ('{"model_type": "bertt"}', "transformers knows no model type or architecture `bertt` in"),
+        ('{"model_type": "bert", "architectures": ["GPT2Model"]}', "not a transformers model"),
+    ],
+)
+def test_bad_config_files_say_what_is_wrong(tmp_path, text, fragment):
+    file = tmp_path / "config.json"
+    file.write_text(text, encoding="utf-8")
+    err = spec_error(str(file))
+    assert fragment in err.message
+    if "bertt" in text:
+        assert "bert" in err.suggestions
+
+
+def test_a_missing_config_file_is_an_error(tmp_path):
+    assert "cannot read config file" in spec_error(str(tmp_path / "nosuch.json")).message
+
+
+NO_NETWORK = """
+import socket, sys
+
+def refuse(*args, **kwargs):
+    sys.stderr.write(f"NETWORK: {args!r}\\n")
+    raise OSError("network access refused in this test")
+
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+"""
+
+
+def test_building_never_touches_the_network(tmp_path):
+    # A fresh interpreter where every connection fails loudly, HF_HUB_OFFLINE unset: lint a
+    # policy against a model type with a head and against a config file.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_NETWORK, encoding="utf-8")
+    config = write_config(tmp_path / "config.json", architectures=["BertForMaskedLM"])
+    policy = tmp_path / "p.freeze"
+    policy.write_text("freeze *\nunfreeze lm_head, encoder.layer.2\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), FREEZEPOLICY_NO_CACHE="1")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "freezepolicy",
+            "lint",
+            "--model",
+            "transformers:mistral/causal-lm",
+            "--model",
+            str(config),
+            str(policy),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert "NETWORK:" not in done.stderr
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr

@@ -38,6 +38,8 @@ MODELS = {
     ],
     "mlp_two_phase.freeze": [["tests.model_factories:mlp"]],
     "mlp_head_only.freeze": [["freezepolicy.demo.digits_runs:mlp"]],
+    # What it trains is checked against PEFT's own choice in tests/test_peft.py.
+    "lora.freeze": [["tests.peft_factories:lora_bert"]],
 }
 
 _built: dict[str, nn.Module] = {}

@@ -434,7 +434,7 @@ def test_subprocess_show():
 
 @pytest.mark.parametrize("command", ["show", "lint"])
 def test_subprocess_spec_typo_is_one_line_and_exit_2(command):
-    # A transformers typo is caught before transformers (or torch) is imported: fast.
+    # A typo is one line naming the closest model types and named specs.
     spec = "transformers:bert-base-uncasd"
     args = ["--model", spec]
     argv = (
@@ -446,9 +446,9 @@ def test_subprocess_spec_typo_is_one_line_and_exit_2(command):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == (
-        f"freezepolicy {command}: error: unknown transformers architecture `bert-base-uncasd` "
-        "(known: bert-base-uncased, bert-base-uncased-cls, bert-base-cased, bert-large-uncased, "
-        "roberta-base, distilbert-base-uncased, gpt2, llama-2-7b, llama-3-8b, llama-3-70b; use "
-        "`package.module:factory` for others); did you mean `transformers:bert-base-uncased`, "
-        "`transformers:bert-base-cased`, `transformers:bert-base-uncased-cls`?"
+        f"freezepolicy {command}: error: transformers knows no model type or architecture "
+        "`bert-base-uncasd` (model types such as bert, t5, mistral, vit, whisper; named specs "
+        "such as bert-base-uncased, llama-3-70b; `package.module:factory` for any other model); "
+        "did you mean `transformers:bert-base-uncased`, `transformers:bert-base-cased`, "
+        "`transformers:bert-base-uncased-cls`?"
     )

@@ -1,14 +1,15 @@
 """A cache on disk of the layouts of built-in model specs, so `lint --model` and `show --model`
 can skip importing torch and transformers (several seconds) when they saw the spec before.
 
-Only `torchvision:` and `transformers:` specs are cached: they are fully described by the spec,
-freezepolicy's own sources and the installed library versions, which together make the key. A
-`package.module:factory` spec runs user code that may change at any time, so it is always built.
+Only `torchvision:` and `transformers:` specs and config files are cached: they are fully
+described by the spec (for a config file, the file's content), freezepolicy's own sources and the
+installed library versions, which together make the key. A `package.module:factory` spec runs
+user code that may change at any time, so it is always built.
 
 The cache is an optimisation and nothing more: a file that is unreadable, malformed or written
 for another key is a miss (and is overwritten), and a directory that cannot be written is
-skipped silently. This module imports neither torch nor `freezepolicy.models` until a model
-really has to be built.
+skipped silently. This module imports neither torch nor transformers until a model really has
+to be built (models.py and hf_specs.py import them only to build).
 """
 
 from __future__ import annotations
@@ -25,17 +26,26 @@ from pathlib import Path
 from typing import Any
 
 from ..version import __version__
+from .hf_specs import config_file
 from .layout import ModelLayout
+from .models import config_path
 
 #: Bumped when the file layout below changes, so old files are never read as new ones.
-FORMAT = 1
+FORMAT = 2
 #: Spec kind -> the distributions (besides torch) whose versions decide what it builds.
 BUILTIN_KINDS: dict[str, tuple[str, ...]] = {
     "torchvision": ("torchvision",),
     "transformers": ("transformers",),
+    "config": ("transformers",),  # path/to/config.json
 }
 #: freezepolicy sources that define the built-in specs and how a layout is read from a model.
-KEY_SOURCES = ("cli/models.py", "runtime/modelinfo.py", "cli/layout.py")
+KEY_SOURCES = (
+    "cli/models.py",
+    "cli/hf_specs.py",
+    "cli/meta.py",
+    "runtime/modelinfo.py",
+    "cli/layout.py",
+)
 
 
 class _Invalid(Exception):
@@ -99,8 +109,20 @@ def key_fields(spec: str) -> dict[str, Any] | None:
     the key cannot be known (then the model is built and nothing is cached)."""
     spec = spec.strip()
     kind = spec.partition(":")[0]
+    content: dict[str, str] = {}
     if kind not in BUILTIN_KINDS:
-        return None
+        path = config_path(spec)
+        if path is None:
+            return None
+        kind = "config"
+        try:
+            data = config_file(path[0]).read_bytes()
+        except OSError:
+            return None  # the build reports the unreadable file
+        # The layout depends on the file's content and the class asked for, not on where the
+        # file is: the same config.json in another checkout is the same layout.
+        spec = f"config.json:{path[1]}" if path[1] else "config.json"
+        content["config_sha256"] = hashlib.sha256(data).hexdigest()
     sources = _source_hashes()
     if sources is None:
         return None
@@ -115,6 +137,7 @@ def key_fields(spec: str) -> dict[str, Any] | None:
         "freezepolicy": __version__,
         "sources": sources,
         "versions": versions,
+        **content,
     }
 
 
@@ -154,6 +177,7 @@ def encode(layout: ModelLayout) -> dict[str, Any]:
         "types": types,
         "modules": [[path, cls] for path, cls in layout.module_classes.items()],
         "tied": [list(group) for group in layout.tied],
+        "adapters": layout.adapters,
     }
 
 
@@ -210,12 +234,16 @@ def decode(data: Any) -> ModelLayout:
     tied = [_str_list(group) for group in _list(data.get("tied"))]
     if not all(len(group) > 1 and known.issuperset(group) for group in tied):
         raise _Invalid("tied group of unknown names")
+    adapters = data.get("adapters")
+    if not isinstance(adapters, str):
+        raise _Invalid("adapters is not a string")
     return ModelLayout(
         names=tuple(names),
         shapes={name: _shape(shape) for name, shape in zip(names, shapes, strict=True)},
         module_types={name: type_sets[i] for name, i in zip(names, types, strict=True)},
         module_classes=modules,
         tied=tied,
+        adapters=adapters,
     )
 
 

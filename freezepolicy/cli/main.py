@@ -100,18 +100,26 @@ def _add_no_cache(parser: argparse.ArgumentParser) -> None:
         "--no-cache",
         action="store_true",
         help="neither read nor write the model layout cache (as FREEZEPOLICY_NO_CACHE=1); "
-        "the layouts of torchvision: and transformers: specs are kept in "
+        "the layouts of torchvision: and transformers: specs and config files are kept in "
         "$FREEZEPOLICY_CACHE_DIR or ~/.cache/freezepolicy so that later runs skip torch",
     )
 
 
 MODEL_SPEC_HELP = """\
-model specs (built on the meta device: no weights, no download):
+model specs (built on the meta device: no weights, no download, no network):
   torchvision:NAME             any torchvision model, e.g. torchvision:resnet18
-  transformers:NAME[:CLASS]    bert-base-uncased, bert-base-uncased-cls, bert-base-cased,
-                               bert-large-uncased, roberta-base, distilbert-base-uncased, gpt2,
-                               llama-2-7b, llama-3-8b, llama-3-70b (alias llama-70b);
-                               CLASS picks another head, e.g. :BertForMaskedLM
+  transformers:MODEL_TYPE[/HEAD]
+                               any architecture transformers knows, from its default
+                               config: t5, deberta-v2, mistral, vit, whisper, ...;
+                               HEAD is a task such as causal-lm, sequence-classification,
+                               masked-lm (default: base, the bare model)
+  transformers:NAME            a checkpoint's shape: bert-base-uncased, bert-base-uncased-cls,
+                               bert-base-cased, bert-large-uncased, roberta-base,
+                               distilbert-base-uncased, gpt2, llama-2-7b, llama-3-8b,
+                               llama-3-70b (alias llama-70b)
+  transformers:...:CLASS       a model class by name, e.g. transformers:gpt2:GPT2Model
+  path/to/config.json[:CLASS]  the exact architecture of a checkpoint from its config file
+                               (or a directory holding config.json)
   package.module:factory       your own model: factory() is called with no arguments
                                (the current directory is searched first)
 """

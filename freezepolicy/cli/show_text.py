@@ -177,6 +177,8 @@ def format_text(
     )
     out.append(f"policy  {policy.source}")
     out.append(f"model   {model}")
+    if view.layout.adapters:
+        out.append(f"peft    {view.layout.adapters}")
     out.append(f"moment  {_moment_text(moment.epoch, moment.step, view.steps_per_epoch)}")
     out.append("")
 

@@ -4,6 +4,10 @@ the classes of the modules around each parameter.
 Selectors see the names of the user's own model, whatever wraps it: DistributedDataParallel and
 DataParallel (`module.`), torch.compile (`_orig_mod.`), FSDP1 and activation checkpointing
 (`_fsdp_wrapped_module.`, `_checkpoint_wrapped_module.`). FSDP2 (`fully_shard`) keeps names.
+PEFT's `PeftModel` and its tuner (`LoraModel`, ...) add `base_model.model.` in front of every
+name; they are removed too, so a policy written for a model works on the model with adapters,
+whose own parts (`lora_A.default`, `base_layer`, `modules_to_save.default`, `original_module`)
+stay in the names for selectors to use.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ WRAPPER_PARTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wra
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside DDP / DataParallel / torch.compile wrappers."""
+    """The user's model inside DDP / DataParallel / torch.compile / PEFT wrappers."""
     seen = 0
     while seen < 16:  # wrappers nest a few levels at most; the bound guards a cycle
         seen += 1
@@ -28,9 +32,29 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod
+        elif (inner := peft_inner(model)) is not None:
+            model = inner
         else:
             break
     return model
+
+
+def peft_inner(model: nn.Module) -> nn.Module | None:
+    """The module a PEFT wrapper holds, if `model` is one that holds nothing else.
+
+    `PeftModel` holds its tuner as `base_model`, and the tuner (`LoraModel`, `IA3Model`, ...)
+    holds the user's model, with the adapters inside it, as `model`. Recognized by where the
+    class comes from, so that peft is never imported here. A wrapper with parameters of its own
+    or other children (prompt learning's `prompt_encoder`) is kept: dropping it would hide
+    parameters, so its names keep their prefix.
+    """
+    if not type(model).__module__.startswith("peft."):
+        return None
+    children = model._modules
+    if len(children) != 1 or model._parameters:
+        return None
+    [(key, inner)] = children.items()
+    return inner if key in ("base_model", "model") and inner is not None else None
 
 
 def normalize_name(name: str) -> str:

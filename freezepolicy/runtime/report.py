@@ -11,6 +11,12 @@ from ..lang.errors import Diagnostic
 from ..lang.rules import Decision
 
 
+def percent(part: int, whole: int) -> str:
+    """`part` of `whole` in percent with four decimals, as PEFT's `print_trainable_parameters`
+    prints it (`0.0000` for a model without parameters, where PEFT would divide by zero)."""
+    return f"{100 * part / whole:.4f}" if whole else f"{0:.4f}"
+
+
 @dataclass(frozen=True)
 class StatementReport:
     """One policy statement as applied to one model."""
@@ -92,7 +98,6 @@ class ApplyReport:
         }
 
     def __str__(self) -> str:
-        total = self.total_elements or 1
         lines = [f"{self.source} at epoch {self.epoch}, step {self.step}:"]
         for label, names, elements in (
             ("trainable", self.trainable, self.trainable_elements),
@@ -100,7 +105,7 @@ class ApplyReport:
         ):
             lines.append(
                 f"  {label + ':':<10} {len(names):>5} tensors  {elements:>13,} elements"
-                f"  ({100 * elements / total:.1f}%)"
+                f"  ({percent(elements, self.total_elements)}%)"
             )
         if self.untouched:
             lines.append(
