@@ -8,7 +8,6 @@ Every training run that several tests look at runs once, in a module-scoped fixt
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,12 +314,10 @@ def warmup_linear(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / (total - warmup))
 
 
-def test_multipliers_compose_with_the_trainers_schedule(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_multipliers_compose_with_the_trainers_schedule(tmp_path: Path) -> None:
     total, warmup = 8, 2
-    with caplog.at_level(logging.WARNING, logger="freezepolicy.integrations.hf"):
-        # Checkpointing on (never reached): the split groups need attach to resume; it says so.
+    # Checkpointing on (never reached): the split groups need attach to resume; it says so.
+    with pytest.warns(fp.PolicyWarning, match=r"freezepolicy\.integrations\.hf\.attach") as seen:
         run = train(
             tmp_path / "rates",
             RATE_POLICY,
@@ -330,7 +327,7 @@ def test_multipliers_compose_with_the_trainers_schedule(
             save_strategy="steps",
             save_steps=1000,
         )
-    assert any("freezepolicy.integrations.hf.attach" in r.getMessage() for r in caplog.records)
+    assert [w.message.code for w in seen if "attach" in str(w.message)] == ["FP214"]
 
     def group_of(groups: list[tuple[float, float, list[str]]], name: str) -> tuple[float, float]:
         (found,) = [(lr, wd) for lr, wd, names in groups if name in names]
