@@ -501,6 +501,47 @@ def test_strict_policy_errors_before_training(tmp_path: Path) -> None:
     assert changed(before, snapshot(model), list(before)) == []
 
 
+def test_policy_problems_are_python_warnings_once_per_run(tmp_path: Path) -> None:
+    # Applied at every event, told once, at the user's line (not inside transformers).
+    with pytest.warns(fp.PolicyWarning) as record:
+        train(tmp_path / "typo", "freeze bert.embeddings\nfreeze classifer\n", max_steps=3)
+    (warning,) = [w for w in record if w.message.code == "FP201"]
+    assert "did you mean `classifier`?" in str(warning.message)
+    assert warning.filename == __file__
+
+
+def test_accumulation_with_a_partial_last_step_keeps_epoch_and_step_in_agreement(
+    tmp_path: Path,
+) -> None:
+    """4 batches an epoch in steps of 3: 2 optimizer steps (3 batches, then 1). Every apply the
+    callback makes passes apply_policy's check that epoch and step agree."""
+    policy = "freeze *\nunfreeze classifier\nunfreeze bert.encoder.layer.1 at epoch 1\n"
+    run = train(tmp_path / "accumulate", policy, num_train_epochs=3, gradient_accumulation_steps=3)
+    assert run.callback.steps_per_epoch == 2 and run.trainer.state.global_step == 6
+    assert [(r.epoch, r.step) for r in run.callback.history] == [(0, 0), (1, 2)]
+    assert (run.callback.report.epoch, run.callback.report.step) == (2, 6)
+
+
+class StopEpochEarly(TrainerCallback):
+    """Ends epoch 0 after its first step: the Trainer's epochs and steps part ways."""
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == 1:
+            control.should_epoch_stop = True
+
+
+def test_an_epoch_ended_early_is_refused_rather_than_misplaced(tmp_path: Path) -> None:
+    policy = fp.parse("freeze bert.embeddings\nunfreeze bert.embeddings at epoch 1\n")
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=training_args(tmp_path / "early", num_train_epochs=2),
+        train_dataset=HalfVocab(),
+        callbacks=[FreezePolicyCallback(policy), StopEpochEarly()],
+    )
+    with pytest.raises(ValueError, match="epoch 1 and step 1 disagree with steps_per_epoch=4"):
+        trainer.train()
+
+
 def test_attach_refuses_a_second_policy(tmp_path: Path) -> None:
     trainer = Trainer(
         model=tiny_bert(),

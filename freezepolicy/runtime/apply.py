@@ -38,7 +38,6 @@ from .arguments import (
     check_model,
     check_optimizer,
     check_steps_per_epoch,
-    optimizer_holds_model,
     resolve_moment,
 )
 from .binding import Binding, ModelSnapshot, as_policy, bind, snapshot
@@ -145,9 +144,9 @@ def apply_policy(
     plan = None
     state_plan = StatePlan()
     if optimizer is not None:
-        optimizer_holds_model(optimizer, params, "apply_policy")
-        # Raises (before any change) when the groups must be split under a scheduler that
-        # cannot follow the split, or for an optimizer that cannot have the policy's groups.
+        # Raises (before any change) for an optimizer of another model, when the groups must be
+        # split under a scheduler that cannot follow the split, or for an optimizer that cannot
+        # have the policy's groups.
         rates = binding.rates(decisions)
         plan = plan_optimizer(optimizer, binding, rates, targets, schedulers)
         check_schedulers(schedulers, optimizer)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -152,19 +151,3 @@ def check_rate(value: Any, name: str, where: str) -> float:
     if number < 0:
         raise ValueError(f"{where}: {name} must be 0 or more, not {number}")
     return number
-
-
-def optimizer_holds_model(
-    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], where: str
-) -> None:
-    """ValueError when `optimizer` holds none of the model's tensors: it was built over another
-    model (or a copy of this one), and every policy change would miss it."""
-    if not params:
-        return
-    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    if not any(id(p) in held for p in params):
-        raise ValueError(
-            f"{where}: the optimizer ({type(optimizer).__name__}) holds none of the model's "
-            f"{len(params)} parameters: pass the optimizer built over this model's parameters "
-            "(a deep copy of a model has parameters of its own)"
-        )

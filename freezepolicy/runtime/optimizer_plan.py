@@ -142,11 +142,19 @@ def plan_optimizer(
 
     `schedulers` are the ones passed to apply_policy: when the groups must be split, torch's own
     schedulers among them follow the split (see `split_scheduler`).
-    Raises ValueError, before anything is changed, when the optimizer cannot take the policy.
+    Raises ValueError, before anything is changed, when the optimizer cannot take the policy or
+    holds none of the model's tensors.
     """
     plan = OptimizerPlan(optimizer)
     key_of = {id(binding.params[i]): binding.keys[i] for i in range(len(binding.params))}
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    if binding.params and not any(id(p) in in_optimizer for p in binding.params):
+        # Built over another model, or a deep copy of this one: every change would miss it.
+        raise ValueError(
+            f"the optimizer ({type(optimizer).__name__}) holds none of the model's "
+            f"{len(binding.params)} parameters: pass the optimizer built over this model's "
+            "parameters (a deep copy of a model has parameters of its own)"
+        )
     missing = [
         binding.names[i]
         for i, p in enumerate(binding.params)
