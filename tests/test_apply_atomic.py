@@ -63,6 +63,18 @@ def test_a_later_unfreeze_of_an_integer_parameter_fails_at_the_start() -> None:
     assert all(p.requires_grad for p in model.parameters() if p.is_floating_point())
 
 
+def test_a_tensor_changed_in_place_after_binding_is_checked_at_the_apply() -> None:
+    """The timeline check runs once per model and policy; each apply checks again what it sets
+    (here a dtype changed in place, which keeps the tensor and so the binding)."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    policy = fp.parse("freeze 1\nunfreeze * at epoch 1")
+    fp.apply_policy(model, policy)
+    model[1].bias.data = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(fp.PolicyResolveError, match=r"`1\.bias` \(int64\)"):
+        fp.apply_policy(model, policy, epoch=1)
+    assert [p.requires_grad for p in model.parameters()] == [True, True, False, False]
+
+
 def test_freezing_a_non_leaf_parameter_is_an_error_before_any_change() -> None:
     model = nn.Linear(2, 2)
     # A computed tensor in a parameter slot (reparametrization done by hand).

@@ -5,9 +5,11 @@ that moment. The state is a function of the moment alone: "untouched" means as t
 before freezepolicy first touched it (recorded at the first apply), so the same call serves at the
 start, at every epoch or step boundary, and after a resume, and applying twice equals once.
 
-Everything is computed first and changed after: a policy that does not fit the model (a tied
-tensor decided two ways, a selector that matches nothing under `strict=True`) or an optimizer that
-cannot take it raises before the model or optimizer is touched.
+Everything is checked and computed first and changed after: a wrong argument, a policy that does
+not fit the model (a tied tensor decided two ways, a `requires_grad` torch cannot set, a selector
+that matches nothing under `strict=True`) or an optimizer that cannot take it raises before the
+model or optimizer is touched. Problems that are not errors are `PolicyWarning`s, emitted after
+the checks and before the first change (warn.py).
 
 Repeated applies are cheap: the policy is matched against the model's names once per (model,
 policy), and when the set of active statements has not changed since the last apply on this model
