@@ -17,6 +17,7 @@ from .lang.errors import (
     PolicyResolveError,
     PolicySourceError,
     PolicySyntaxError,
+    PolicyWarning,
 )
 from .lang.policy import Policy
 from .lang.rules import Decision, Rate
@@ -64,6 +65,7 @@ __all__ = [
     "PolicyResolveError",
     "PolicySourceError",
     "PolicySyntaxError",
+    "PolicyWarning",
     "Rate",
     "__version__",
     "apply_policy",

@@ -8,7 +8,6 @@ Every training run that several tests look at runs once, in a module-scoped fixt
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,12 +314,10 @@ def warmup_linear(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / (total - warmup))
 
 
-def test_multipliers_compose_with_the_trainers_schedule(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_multipliers_compose_with_the_trainers_schedule(tmp_path: Path) -> None:
     total, warmup = 8, 2
-    with caplog.at_level(logging.WARNING, logger="freezepolicy.integrations.hf"):
-        # Checkpointing on (never reached): the split groups need attach to resume; it says so.
+    # Checkpointing on (never reached): the split groups need attach to resume; it says so.
+    with pytest.warns(fp.PolicyWarning, match=r"freezepolicy\.integrations\.hf\.attach") as seen:
         run = train(
             tmp_path / "rates",
             RATE_POLICY,
@@ -330,7 +327,7 @@ def test_multipliers_compose_with_the_trainers_schedule(
             save_strategy="steps",
             save_steps=1000,
         )
-    assert any("freezepolicy.integrations.hf.attach" in r.getMessage() for r in caplog.records)
+    assert [w.message.code for w in seen if "attach" in str(w.message)] == ["FP214"]
 
     def group_of(groups: list[tuple[float, float, list[str]]], name: str) -> tuple[float, float]:
         (found,) = [(lr, wd) for lr, wd, names in groups if name in names]
@@ -502,6 +499,47 @@ def test_strict_policy_errors_before_training(tmp_path: Path) -> None:
         trainer.train()
     assert info.value.code == "FP201" and info.value.line == 2
     assert changed(before, snapshot(model), list(before)) == []
+
+
+def test_policy_problems_are_python_warnings_once_per_run(tmp_path: Path) -> None:
+    # Applied at every event, told once, at the user's line (not inside transformers).
+    with pytest.warns(fp.PolicyWarning) as record:
+        train(tmp_path / "typo", "freeze bert.embeddings\nfreeze classifer\n", max_steps=3)
+    (warning,) = [w for w in record if w.message.code == "FP201"]
+    assert "did you mean `classifier`?" in str(warning.message)
+    assert warning.filename == __file__
+
+
+def test_accumulation_with_a_partial_last_step_keeps_epoch_and_step_in_agreement(
+    tmp_path: Path,
+) -> None:
+    """4 batches an epoch in steps of 3: 2 optimizer steps (3 batches, then 1). Every apply the
+    callback makes passes apply_policy's check that epoch and step agree."""
+    policy = "freeze *\nunfreeze classifier\nunfreeze bert.encoder.layer.1 at epoch 1\n"
+    run = train(tmp_path / "accumulate", policy, num_train_epochs=3, gradient_accumulation_steps=3)
+    assert run.callback.steps_per_epoch == 2 and run.trainer.state.global_step == 6
+    assert [(r.epoch, r.step) for r in run.callback.history] == [(0, 0), (1, 2)]
+    assert (run.callback.report.epoch, run.callback.report.step) == (2, 6)
+
+
+class StopEpochEarly(TrainerCallback):
+    """Ends epoch 0 after its first step: the Trainer's epochs and steps part ways."""
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == 1:
+            control.should_epoch_stop = True
+
+
+def test_an_epoch_ended_early_is_refused_rather_than_misplaced(tmp_path: Path) -> None:
+    policy = fp.parse("freeze bert.embeddings\nunfreeze bert.embeddings at epoch 1\n")
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=training_args(tmp_path / "early", num_train_epochs=2),
+        train_dataset=HalfVocab(),
+        callbacks=[FreezePolicyCallback(policy), StopEpochEarly()],
+    )
+    with pytest.raises(ValueError, match="epoch 1 and step 1 disagree with steps_per_epoch=4"):
+        trainer.train()
 
 
 def test_attach_refuses_a_second_policy(tmp_path: Path) -> None:

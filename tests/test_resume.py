@@ -319,7 +319,8 @@ def test_killed_run_stopped_after_its_checkpoint(runs: dict[str, Any], case: str
     assert not result["killed_final_exists"]
     ckpt = result["checkpoint"]
     assert ckpt["epoch"] == epoch
-    assert ckpt["freeze"]["epoch"] == epoch and ckpt["freeze"]["step"] == (epoch + 1) * SPE
+    # After the epoch's last step the FreezeScheduler is at the start of the next epoch.
+    assert ckpt["freeze"]["epoch"] == epoch + 1 and ckpt["freeze"]["step"] == (epoch + 1) * SPE
     # The killed run had trained past the checkpoint: that work is lost and must be redone.
     assert result["held"]["step"] == hold > (epoch + 1) * SPE
 
@@ -340,11 +341,14 @@ def test_resumed_run_equals_the_uninterrupted_run(runs: dict[str, Any], case: st
 
     by_moment = {_key(r): r for r in ref["records"]}
     restored, *after = got["records"]
-    # Right after loading: what the uninterrupted run had after the checkpoint epoch's last step.
+    # Right after loading: what the uninterrupted run had after the checkpoint epoch's last step
+    # (where its FreezeScheduler moved on to the start of the next epoch).
     assert restored["label"] == "restored"
-    assert {**restored, "label": "step"} == by_moment[("step", epoch, (epoch + 1) * SPE)]
+    last = ("step", epoch + 1, (epoch + 1) * SPE)
+    assert {**restored, "label": "step"} == by_moment[last]
     # From there on, every record equals the uninterrupted run's at the same moment.
-    assert [_key(r) for r in after] == [_key(r) for r in ref["records"] if r["epoch"] > epoch]
+    following = [_key(r) for r in ref["records"]]
+    assert [_key(r) for r in after] == following[following.index(last) + 1 :]
     for r in after:
         assert r == by_moment[_key(r)], _key(r)
     # The resumed part really crossed policy changes (the comparison above is not vacuous).

@@ -39,12 +39,14 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..lang.api import load
+from ..lang.errors import Diagnostic
 from ..lang.policy import Policy
 from ..runtime.apply import apply_policy
-from ..runtime.binding import Binding, ModelSnapshot, binding_for
+from ..runtime.arguments import check_flag
+from ..runtime.binding import Binding, ModelSnapshot, as_policy, binding_for
 from ..runtime.report import ApplyReport
 from ..runtime.schedulers import can_split_scheduler
+from ..runtime.warn import warn
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +80,15 @@ class FreezePolicyCallback(TrainerCallback):
     on both clocks are ordered on one timeline. `strict=True` makes a selector that selects
     nothing an error. `report` is the last ApplyReport; `history` holds one per phase of the
     current `train()` call: the first apply, then each apply that changed which tensors train
-    (each is also logged at INFO on the logger `freezepolicy.integrations.hf`).
+    (each is also logged at INFO on the logger `freezepolicy.integrations.hf`). Problems that are
+    not errors (a selector that selects nothing, ...) are `PolicyWarning`s, as with
+    `apply_policy`, each once per policy and model.
     """
 
     def __init__(self, policy: Policy | str | os.PathLike[str], strict: bool = False) -> None:
         # Loaded here, so a bad policy file fails when the Trainer is set up, not mid-run.
-        self.policy = policy if isinstance(policy, Policy) else load(policy)
-        self.strict = strict
+        self.strict = check_flag(strict, "strict", "FreezePolicyCallback")
+        self.policy = as_policy(policy)
         #: Optimizer steps per epoch of the current run (None: the dataloader has no length).
         self.steps_per_epoch: int | None = None
         #: The Trainer's epoch (0-based) as of the last event.
@@ -132,13 +136,16 @@ class FreezePolicyCallback(TrainerCallback):
             and len(optimizer.param_groups) != groups_before
             and args.save_strategy != "no"
         ):
-            logger.warning(
-                "%s: the policy split the Trainer's optimizer into %d parameter groups; a "
-                "Trainer builds %d when it resumes, so checkpoints of this run resume only "
-                "with freezepolicy.integrations.hf.attach(trainer, policy) before trainer.train()",
-                self.policy.source,
-                len(optimizer.param_groups),
-                groups_before,
+            warn(
+                Diagnostic(
+                    "FP214",
+                    f"the policy split the Trainer's optimizer into {len(optimizer.param_groups)} "
+                    f"parameter groups; a Trainer builds {groups_before} when it resumes, so "
+                    "checkpoints of this run resume only with "
+                    "freezepolicy.integrations.hf.attach(trainer, policy) before trainer.train()",
+                    self.policy.source,
+                    severity="warning",
+                )
             )
 
     def on_epoch_begin(
@@ -184,16 +191,12 @@ class FreezePolicyCallback(TrainerCallback):
             strict=self.strict,
             scheduler=_scheduler_for(kwargs.get("lr_scheduler"), optimizer),
         )
-        first = not self.history
         # A new phase is a change of which tensors train; rate changes (a warm-up moves at every
-        # step) are not, and would flood the log.
-        if first or report.trainable != self.history[-1].trainable:
+        # step) are not, and would flood the log. Warnings are apply_policy's PolicyWarnings.
+        if not self.history or report.trainable != self.history[-1].trainable:
             self.history.append(report)
             if state.is_world_process_zero:
                 logger.info("%s", report)
-                if first:
-                    for warning in report.warnings:
-                        logger.warning("%s", warning)
         self.report = report
         return report
 

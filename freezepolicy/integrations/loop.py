@@ -20,16 +20,27 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
 
-from ..lang.api import load
+from ..lang.errors import Diagnostic
 from ..lang.policy import Policy
 from ..runtime.apply import apply_policy
+from ..runtime.arguments import (
+    as_schedulers,
+    check_count,
+    check_flag,
+    check_model,
+    check_optimizer,
+    check_steps_per_epoch,
+    resolve_moment,
+)
+from ..runtime.binding import as_policy
 from ..runtime.report import ApplyReport
+from ..runtime.warn import warn
 
 
 class FreezeScheduler:
@@ -37,10 +48,16 @@ class FreezeScheduler:
 
     Like a learning-rate scheduler, call `step()` after each `optimizer.step()`; also call
     `start_epoch(epoch)` at the start of each epoch. `steps_per_epoch` (usually `len(loader)`)
-    places `at epoch` and `at step` statements on one clock and lets warm-ups count in steps.
+    places `at epoch` and `at step` statements on one clock and lets warm-ups count in steps;
+    with it, `step()` alone also moves to the next epoch after `steps_per_epoch` steps, and
+    `start_epoch` checks that the epoch agrees with the steps taken.
     `scheduler` is the learning-rate scheduler (or a list of them) driving `optimizer`, when it
     keeps base rates of its own (LambdaLR and the Hugging Face schedules), so policy rate
-    changes reach it. The policy is applied once at construction, at (`epoch`, `step`).
+    changes reach it. The policy is applied once at construction, at (`epoch`, `step`) (a
+    missing one derived from the other with `steps_per_epoch`, else 0).
+
+    The position changes only when its apply succeeds: a call that raises leaves the scheduler
+    (and the model and optimizer) as they were.
     """
 
     def __init__(
@@ -52,17 +69,19 @@ class FreezeScheduler:
         steps_per_epoch: int | None = None,
         scheduler: Any = None,
         strict: bool = False,
-        epoch: int = 0,
-        step: int = 0,
+        epoch: int | None = None,
+        step: int | None = None,
     ) -> None:
-        self.model = model
-        self.policy = policy if isinstance(policy, Policy) else load(policy)
-        self.optimizer = optimizer
+        where = "FreezeScheduler"
+        self.model = check_model(model, where)
+        self.optimizer = check_optimizer(optimizer, where)
+        as_schedulers(scheduler, self.optimizer, where)
         self.scheduler = scheduler
-        self.steps_per_epoch = steps_per_epoch
-        self.strict = strict
-        self.epoch = epoch
-        self.global_step = step
+        self.steps_per_epoch = check_steps_per_epoch(steps_per_epoch, where)
+        self.strict = check_flag(strict, "strict", where)
+        start = resolve_moment(epoch, step, self.steps_per_epoch, where)
+        self.policy = as_policy(policy)
+        self.epoch, self.global_step = start
         # The policy over no names: it tells which statements are in force and how far warm-ups
         # have come at a moment, which is all that decides whether a step changes anything.
         self._timeline = self.policy.bind(())
@@ -70,17 +89,23 @@ class FreezeScheduler:
         #: One report per phase, oldest first: the first apply, then each apply that changed
         #: which parameters train (rate changes, such as a warm-up's, are not new phases).
         self.history: list[ApplyReport] = []
-        self.report = self._apply()
+        self.report = self._apply(*start)
 
     def start_epoch(self, epoch: int) -> ApplyReport:
-        """Call at the start of each epoch (0-based) with its number."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be 0 or more, got {epoch}")
-        self.epoch = epoch
-        return self._apply()
+        """Call at the start of each epoch (0-based) with its number.
+
+        With `steps_per_epoch`, epoch `e` must agree with the optimizer steps taken so far
+        (`e * steps_per_epoch` up to `(e + 1) * steps_per_epoch`), else ValueError.
+        """
+        where = "FreezeScheduler.start_epoch"
+        epoch = check_count(epoch, "epoch", where)
+        return self._apply(*resolve_moment(epoch, self.global_step, self.steps_per_epoch, where))
 
     def step(self) -> ApplyReport:
         """Call after each `optimizer.step()`: counts the step and applies the policy there.
+
+        With `steps_per_epoch`, the step that completes an epoch also moves to the next epoch,
+        so `at epoch` statements take effect in a loop that never calls `start_epoch`.
 
         Between events of the policy (and outside warm-ups) nothing can change, so the apply,
         and its check that the model's parameters are the same objects (a walk over them, 0.1 s
@@ -88,26 +113,34 @@ class FreezeScheduler:
         model's size; the report returned is then the one of the last apply. `start_epoch` always
         applies in full.
         """
-        self.global_step += 1
-        if self._state_now() == self._state:
+        step = self.global_step + 1
+        epoch = self.epoch
+        if self.steps_per_epoch is not None:
+            epoch = max(epoch, step // self.steps_per_epoch)
+        if self._state_at(epoch, step) == self._state:
+            self.epoch, self.global_step = epoch, step
             return self.report
-        return self._apply()
+        return self._apply(epoch, step)
 
-    def _state_now(self) -> tuple:
-        return self._timeline.state_key(self.epoch, self.global_step, self.steps_per_epoch)
+    def _state_at(self, epoch: int, step: int) -> tuple:
+        return self._timeline.state_key(epoch, step, self.steps_per_epoch)
 
-    def _apply(self) -> ApplyReport:
-        state = self._state_now()
+    def _apply(self, epoch: int, step: int, *, restart: bool = False) -> ApplyReport:
+        state = self._state_at(epoch, step)
         report = apply_policy(
             self.model,
             self.policy,
             self.optimizer,
-            epoch=self.epoch,
-            step=self.global_step,
+            epoch=epoch,
+            step=step,
             steps_per_epoch=self.steps_per_epoch,
             strict=self.strict,
             scheduler=self.scheduler,
         )
+        # Only now, after the apply succeeded, does the position move.
+        self.epoch, self.global_step = epoch, step
+        if restart:
+            self.history = []
         if not self.history or report.trainable != self.history[-1].trainable:
             self.history.append(report)
         self.report = report
@@ -124,25 +157,44 @@ class FreezeScheduler:
             "policy_sha256": _digest(self.policy),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> ApplyReport:
+    def load_state_dict(self, state: Mapping[str, Any]) -> ApplyReport:
         """Move to a saved position and apply the policy there (after loading the model and
         optimizer state dicts): the model then has exactly the state of an uninterrupted run.
 
-        `history` starts again with the report at the loaded position. A policy whose statements
-        changed since the checkpoint is applied as it is now, with a warning: the run can no
-        longer match the one that was interrupted (and the optimizer's groups may not either).
+        The state is checked first: `epoch` and `step` must be whole numbers >= 0 that agree
+        with `steps_per_epoch`; a bad state (or a failing apply) raises and leaves the scheduler
+        where it was. `history` starts again with the report at the loaded position. A policy
+        whose statements changed since the checkpoint is applied as it is now, with a
+        PolicyWarning (FP215): the run can no longer match the one that was interrupted (and the
+        optimizer's groups may not either).
         """
+        where = "FreezeScheduler.load_state_dict"
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{where}: state must be a dict, not {type(state).__name__}")
+        missing = [key for key in ("epoch", "step") if key not in state]
+        if missing:
+            raise ValueError(
+                f"{where}: not a FreezeScheduler state (from FreezeScheduler.state_dict()): "
+                f"no {' or '.join(repr(k) for k in missing)}"
+            )
+        moment = resolve_moment(
+            check_count(state["epoch"], "the state's epoch", where),
+            check_count(state["step"], "the state's step", where),
+            self.steps_per_epoch,
+            where,
+        )
         saved = state.get("policy_sha256")
         if saved is not None and saved != _digest(self.policy):
-            warnings.warn(
-                f"the policy {self.policy.source} changed since this checkpoint was saved "
-                f"(from {state.get('policy')}); resuming with the policy as it is now",
-                stacklevel=2,
+            warn(
+                Diagnostic(
+                    "FP215",
+                    f"the policy changed since this checkpoint was saved (from "
+                    f"{state.get('policy')}); resuming with the policy as it is now",
+                    self.policy.source,
+                    severity="warning",
+                )
             )
-        self.epoch = int(state["epoch"])
-        self.global_step = int(state["step"])
-        self.history = []
-        return self._apply()
+        return self._apply(*moment, restart=True)
 
     def __repr__(self) -> str:
         return (

@@ -50,6 +50,13 @@ CODES: dict[str, str] = {
     "FP205": "tied-parameter-conflict",
     "FP206": "distributed-unsafe",
     "FP207": "warmup-needs-steps-per-epoch",
+    # Applying to a model, an optimizer and a training loop (docs/applying.md).
+    "FP210": "cannot-set-requires-grad",
+    "FP211": "not-in-optimizer",
+    "FP212": "optimizer-without-weight-decay",
+    "FP213": "scheduler-not-passed",
+    "FP214": "trainer-groups-split",
+    "FP215": "policy-changed-since-checkpoint",
 }
 
 
@@ -170,3 +177,25 @@ class PolicySyntaxError(PolicyError):
 
 class PolicyResolveError(PolicyError):
     """The policy is well formed but does not fit the names or model it is applied to."""
+
+
+class PolicyWarning(UserWarning):
+    """A problem that is not an error, emitted with `warnings.warn`: a selector that selects
+    nothing (FP201), a statement that never takes effect (FP202, FP204), a trainable parameter
+    the optimizer does not hold (FP211), ...
+
+    `diagnostic` is the located problem (its `code` says which), so a program can filter:
+    `warnings.filterwarnings("error", category=freezepolicy.PolicyWarning)` turns them all into
+    errors. `str()` is the formatted diagnostic.
+    """
+
+    def __init__(self, diagnostic: Diagnostic) -> None:
+        self.diagnostic = diagnostic
+        super().__init__(diagnostic.format())
+
+    @property
+    def code(self) -> str:
+        return self.diagnostic.code
+
+    def __reduce__(self):  # picklable like PolicyError
+        return (type(self), (self.diagnostic,))

@@ -5,9 +5,11 @@ that moment. The state is a function of the moment alone: "untouched" means as t
 before freezepolicy first touched it (recorded at the first apply), so the same call serves at the
 start, at every epoch or step boundary, and after a resume, and applying twice equals once.
 
-Everything is computed first and changed after: a policy that does not fit the model (a tied
-tensor decided two ways, a selector that matches nothing under `strict=True`) or an optimizer that
-cannot take it raises before the model or optimizer is touched.
+Everything is checked and computed first and changed after: a wrong argument, a policy that does
+not fit the model (a tied tensor decided two ways, a `requires_grad` torch cannot set, a selector
+that matches nothing under `strict=True`) or an optimizer that cannot take it raises before the
+model or optimizer is touched. Problems that are not errors are `PolicyWarning`s, emitted after
+the checks and before the first change (warn.py).
 
 Repeated applies are cheap: the policy is matched against the model's names once per (model,
 policy), and when the set of active statements has not changed since the last apply on this model
@@ -17,6 +19,7 @@ and optimizer, nothing is recomputed or changed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import os
 import weakref
@@ -27,24 +30,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..lang.errors import PolicyResolveError
+from ..lang.errors import Diagnostic, PolicyResolveError
 from ..lang.policy import Policy
 from ..lang.rules import Decision
 from . import norm
-from .binding import Binding, ModelSnapshot, as_policy, bind, check_steps_per_epoch, snapshot
+from .arguments import (
+    as_schedulers,
+    check_flag,
+    check_model,
+    check_optimizer,
+    check_steps_per_epoch,
+    resolve_moment,
+)
+from .binding import Binding, ModelSnapshot, as_policy, bind, snapshot
 from .optimizer_plan import OptimizerPlan, plan_optimizer
+from .optimizer_state import StatePlan, execute_state, keeps_per_tensor_state, plan_state
 from .rates import MARKER, as_float
 from .report import ApplyReport, GroupReport, StatementReport
+from .requires_grad import check_changes
 from .schedulers import check_schedulers
+from .warn import warn_once
 
-#: Optimizer -> (binding key, order key, group layout) of the last apply with it.
+#: Optimizer -> (binding key, order key) of the last apply with it, and its group layout.
 _OPTIMIZERS: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple] = weakref.WeakKeyDictionary()
-
-
-def _check_moment(epoch: int, step: int) -> None:
-    for label, value in (("epoch", epoch), ("step", step)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{label} must be a non-negative integer, not {value!r}")
 
 
 def _layout(optimizer: torch.optim.Optimizer) -> tuple:
@@ -60,8 +68,8 @@ def apply_policy(
     policy: Policy | str | os.PathLike[str],
     optimizer: torch.optim.Optimizer | None = None,
     *,
-    epoch: int = 0,
-    step: int = 0,
+    epoch: int | None = None,
+    step: int | None = None,
     steps_per_epoch: int | None = None,
     strict: bool = False,
     scheduler: Any = None,
@@ -80,17 +88,22 @@ def apply_policy(
       needed for schedulers that keep their own base rates (LambdaLR, ...), so they follow policy
       rate changes.
 
-    `epoch` and `step` are 0-based; `step` counts from the start of training. `steps_per_epoch`
-    lets `at epoch` and `at step` statements be ordered on one clock. With `strict=True` a
-    selector that selects nothing is an error. Every error (`PolicyError`, or ValueError for an
-    optimizer or scheduler that cannot take the policy) is raised before anything changes.
+    `epoch` and `step` are 0-based; `step` counts optimizer steps from the start of training.
+    `steps_per_epoch` lets `at epoch` and `at step` statements be ordered on one clock; with it
+    the two must agree (epoch `e` covers steps `e * N` to `(e + 1) * N`), and a missing one is
+    derived from the other; without it a missing one is 0. With `strict=True` a selector that
+    selects nothing is an error; otherwise it, and every other problem that is not an error, is
+    a `PolicyWarning` (once per policy and model). Every error (`PolicyError`; TypeError or
+    ValueError for a wrong argument, or an optimizer or scheduler that cannot take the policy)
+    is raised before anything changes.
     """
-    _check_moment(epoch, step)
-    check_steps_per_epoch(steps_per_epoch)
+    model = check_model(model, "apply_policy")
+    optimizer = check_optimizer(optimizer, "apply_policy")
+    schedulers = as_schedulers(scheduler, optimizer, "apply_policy")
+    strict = check_flag(strict, "strict", "apply_policy")
+    steps_per_epoch = check_steps_per_epoch(steps_per_epoch)
+    epoch, step = resolve_moment(epoch, step, steps_per_epoch)
     policy = as_policy(policy)
-    schedulers = _as_list(scheduler)
-    if schedulers and optimizer is None:
-        raise ValueError("a scheduler is passed but no optimizer: pass the optimizer it drives")
     root, snap = snapshot(model)
     bkey, binding = bind(snap, policy, steps_per_epoch)
     binding.raise_errors()
@@ -119,6 +132,9 @@ def apply_policy(
     targets = [
         t if t is not None else original[id(p)] for t, p in zip(decided, params, strict=True)
     ]
+    if current != targets:  # FP210: a flag torch cannot set, found before setting any
+        by = [d.trainable_by for d in decisions]
+        check_changes(policy, binding.names, params, current, targets, by)
     # Tensors that must end with no gradient and no optimizer state: frozen by the policy, or
     # trainable until now and frozen by this apply (back to an untouched frozen original).
     cleared = [
@@ -128,15 +144,22 @@ def apply_policy(
     ]
     hold, release = _plan_norms(binding, snap, decisions, targets, epoch, step)
     plan = None
+    state_plan = StatePlan()
     if optimizer is not None:
-        # Raises (before any change) when the groups must be split under a scheduler that
-        # cannot follow the split.
+        # Raises (before any change) for an optimizer of another model, when the groups must be
+        # split under a scheduler that cannot follow the split, or for an optimizer that cannot
+        # have the policy's groups.
         rates = binding.rates(decisions)
         plan = plan_optimizer(optimizer, binding, rates, targets, schedulers)
         check_schedulers(schedulers, optimizer)
+        state_plan = plan_state(optimizer, params, current, targets)
     dist = _distributed()
     if dist is not None:  # ranks must agree, and DDP must be able to follow (FP206)
         dist.check_apply(model, binding.params, targets, source=policy.source)
+    found = _found(policy, binding, plan)
+    # Shown before the change: a filter that turns PolicyWarning into an error stops the apply
+    # with everything as it was.
+    warn_once(snap.warned, policy.source, found)
 
     # --- nothing has changed up to here; from here on, change the model and optimizer ---
     changed = False
@@ -147,16 +170,20 @@ def apply_policy(
         if now != target:
             p.requires_grad_(target)
             changed = True
+    per_tensor = optimizer is not None and keeps_per_tensor_state(optimizer)
     for i in cleared:
         p = binding.params[i]
         if p.grad is not None:
             p.grad = None
             changed = True
-        if optimizer is not None and p in optimizer.state:
+        if per_tensor and p in optimizer.state:  # type: ignore[union-attr]
             # Dropped, not kept: a frozen tensor holds no optimizer memory, and an unfreeze
             # starts it fresh, the same whether or not training was resumed in between.
-            del optimizer.state[p]
+            del optimizer.state[p]  # type: ignore[union-attr]
             changed = True
+    if state_plan.changes:
+        execute_state(optimizer, state_plan)  # type: ignore[arg-type]
+        changed = True
     for module in hold:
         if not norm.is_held(module) or module.training:
             changed = True
@@ -167,12 +194,24 @@ def apply_policy(
     if dist is not None:
         dist.sync_after_apply(model, source=policy.source)
 
-    report = _report(binding, snap, policy, decisions, targets, optimizer, plan, epoch, step)
+    report = _report(binding, snap, policy, decisions, targets, optimizer, found, epoch, step)
     report = dataclasses.replace(report, changed=changed)
     snap.last, snap.last_report = state_key, report
     if optimizer is not None:
         _OPTIMIZERS[optimizer] = (*state_key, _layout(optimizer))
     return report
+
+
+def _found(policy: Policy, binding: Binding, plan: OptimizerPlan | None) -> list[Diagnostic]:
+    """Every problem of this apply that is not an error: the policy's against the model's names
+    (FP201, FP202, FP204), then the optimizer's (FP211-FP213), located at the policy file."""
+    found = list(binding.diagnostics)
+    if plan is not None:
+        found.extend(
+            Diagnostic(code, message, policy.source, severity="warning")
+            for code, message in plan.warnings
+        )
+    return found
 
 
 _requires_grad = operator.attrgetter("requires_grad")
@@ -187,14 +226,6 @@ def _distributed() -> Any:
     from . import distributed
 
     return distributed
-
-
-def _as_list(scheduler: Any) -> list[Any]:
-    if scheduler is None:
-        return []
-    if isinstance(scheduler, (list, tuple)):
-        return list(scheduler)
-    return [scheduler]
 
 
 def _plan_norms(
@@ -240,6 +271,15 @@ def _plan_norms(
     return hold, release
 
 
+def _reported(value: Any) -> float:
+    """A group's rate as the report shows it; NaN for one that is not a number (an optimizer
+    that computes its own rate, with `lr=None`): the report never fails after a change."""
+    try:
+        return as_float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return math.nan
+
+
 def _report(
     binding: Binding,
     snap: ModelSnapshot,
@@ -247,7 +287,7 @@ def _report(
     decisions: Sequence[Decision],
     targets: Sequence[bool],
     optimizer: torch.optim.Optimizer | None,
-    plan: OptimizerPlan | None,
+    found: Sequence[Diagnostic],
     epoch: int,
     step: int,
 ) -> ApplyReport:
@@ -278,8 +318,8 @@ def _report(
                     gi,
                     len(g["params"]),
                     sum(1 for i in idx if targets[i]),
-                    as_float(g["lr"]),
-                    None if wd is None else as_float(wd),
+                    _reported(g.get("lr")),
+                    None if wd is None else _reported(wd),
                     marker.get("key") if isinstance(marker, dict) else None,
                 )
             )
@@ -287,9 +327,7 @@ def _report(
     per_name = binding.bound.decisions(
         epoch=epoch, step=step, steps_per_epoch=binding.steps_per_epoch
     )
-    warnings = [d.format() for d in binding.diagnostics]
-    if plan is not None:
-        warnings.extend(f"warning: {w}" for w in plan.warnings)
+    warnings = [d.format() for d in found]
     return ApplyReport(
         source=policy.source,
         epoch=epoch,

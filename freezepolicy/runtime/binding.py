@@ -26,6 +26,7 @@ from . import norm
 from .modelinfo import inspect_model, parameter_ids, unwrap
 from .rates import Rates, idle_rate, normal_rate, timeline_key
 from .report import ApplyReport
+from .requires_grad import timeline_problems
 
 #: Above this many (epoch, step) combinations the timeline falls back to BoundPolicy.moments().
 MAX_MOMENTS = 10_000
@@ -87,6 +88,8 @@ class Binding:
         self._rule_totals: dict[int, tuple[int, int]] | None = None
         if not self.errors:
             self._group()
+            #: FP210: a tensor whose requires_grad the policy sets and torch cannot.
+            self.errors = timeline_problems(self)
 
     def _untied(self, snap: ModelSnapshot) -> None:
         """Tensors and classes when no tensor has several names: a class per signature."""
@@ -244,6 +247,8 @@ class ModelSnapshot:
     #: (binding key, order key) of the last apply on this model, and its report.
     last: tuple | None = None
     last_report: ApplyReport | None = None
+    #: (policy, warning text) of every PolicyWarning shown for this model: each once.
+    warned: set[tuple[str, str]] = field(default_factory=set)
 
     def record_originals(self, tensors: Sequence[torch.Tensor], now: Sequence[bool]) -> None:
         """At the first apply: record `now`, the requires_grad of every tensor of this model
@@ -295,6 +300,8 @@ def snapshot(model: nn.Module) -> tuple[nn.Module, ModelSnapshot]:
         # changed them. The old snapshot keeps its tensors alive, so equal ids are the same tensor.
         live = set(map(id, info.params.values()))
         snap.originals = {i: v for i, v in old.originals.items() if i in live}
+    if old is not None:
+        snap.warned = old.warned  # the same model: a warning shown stays shown
     _MODELS[root] = snap
     return root, snap
 
@@ -338,18 +345,8 @@ def binding_for(
     model: nn.Module, policy: Policy | str | os.PathLike[str], steps_per_epoch: int | None
 ) -> tuple[ModelSnapshot, Binding]:
     """What freezepolicy keeps about `model`, and the binding of `policy` to it, raising the
-    binding's errors (for param_groups and the Trainer callback)."""
-    check_steps_per_epoch(steps_per_epoch)
+    binding's errors (for param_groups and the Trainer callback; they check their arguments)."""
     _, snap = snapshot(model)
     _, binding = bind(snap, as_policy(policy), steps_per_epoch)
     binding.raise_errors()
     return snap, binding
-
-
-def check_steps_per_epoch(steps_per_epoch: int | None) -> None:
-    if steps_per_epoch is not None and (
-        isinstance(steps_per_epoch, bool)
-        or not isinstance(steps_per_epoch, int)
-        or steps_per_epoch < 1
-    ):
-        raise ValueError(f"steps_per_epoch must be a positive integer, not {steps_per_epoch!r}")

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from ..lang.policy import Policy
-from .binding import binding_for
+from .arguments import check_model, check_rate, check_steps_per_epoch
+from .binding import as_policy, binding_for
 from .rates import MARKER, nominal_decay, nominal_lr
+from .warn import warn_once
 
 
 def group_lrs(optimizer: torch.optim.Optimizer, value: float) -> list[float]:
@@ -20,6 +22,11 @@ def group_lrs(optimizer: torch.optim.Optimizer, value: float) -> list[float]:
     `OneCycleLR(opt, max_lr=group_lrs(opt, 1e-2), ...)` peaks the base group at 1e-2 and a `0.1x`
     group at 1e-3. Groups freezepolicy does not manage get `value` unchanged.
     """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"group_lrs: optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__}"
+        )
+    value = check_rate(value, "value", "group_lrs")
     out: list[float] = []
     for group in optimizer.param_groups:
         marker = group.get(MARKER)
@@ -51,8 +58,18 @@ def param_groups(
     the optimizer's default to groups the policy does not give a decay. Each group starts at the
     policy's values at epoch 0, step 0; `apply_policy(model, policy, optimizer, epoch=...)` keeps
     them and requires_grad up to date. `defaults` (betas, momentum, ...) are copied into each group.
+
+    `lr` and `weight_decay` must be finite numbers >= 0 (as in a policy file). A selector that
+    selects nothing, or a statement that never takes effect, is a `PolicyWarning`.
     """
-    _, binding = binding_for(model, policy, steps_per_epoch)
+    where = "param_groups"
+    model = check_model(model, where)
+    lr = check_rate(lr, "lr", where)
+    if weight_decay is not None:
+        weight_decay = check_rate(weight_decay, "weight_decay", where)
+    steps_per_epoch = check_steps_per_epoch(steps_per_epoch, where)
+    policy = as_policy(policy)
+    snap, binding = binding_for(model, policy, steps_per_epoch)
     groups: list[dict[str, Any]] = []
     for key, members in binding.groups().items():
         timeline = binding.timelines[key]
@@ -72,4 +89,5 @@ def param_groups(
             "weight_decay": decays[0],
         }
         groups.append(group)
+    warn_once(snap.warned, policy.source, binding.diagnostics)
     return groups

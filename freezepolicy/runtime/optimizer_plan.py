@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from .binding import Binding
+from .optimizer_state import check_groups
 from .rates import LR_KEYS, MARKER, Rates, as_float, nominal_decay, nominal_lr
 from .schedulers import (
     can_split_scheduler,
@@ -79,7 +80,8 @@ class OptimizerPlan:
     #: the old group it came from and the ratio its learning rates were scaled by (None when
     #: the group restarted from a rate of 0).
     split: list[tuple[int, float | None]] | None = None
-    warnings: list[str] = field(default_factory=list)
+    #: (code, message) of each problem that is not an error (FP211-FP213).
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
@@ -118,7 +120,15 @@ def _layout_ok(optimizer: torch.optim.Optimizer, key_of: dict[int, str]) -> bool
 def _base_lr(group: dict[str, Any]) -> float:
     """The unscheduled learning rate of a group the user built: `initial_lr` once a scheduler
     has run over it, else `lr`."""
-    return as_float(group.get("initial_lr", group["lr"]))
+    value = group.get("initial_lr", group.get("lr"))
+    try:
+        return as_float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"an optimizer group has lr={value!r}, and the policy's groups need a learning rate "
+            "to start from: give the optimizer a numeric lr, or build it with "
+            "freezepolicy.param_groups"
+        ) from None
 
 
 def plan_optimizer(
@@ -132,11 +142,19 @@ def plan_optimizer(
 
     `schedulers` are the ones passed to apply_policy: when the groups must be split, torch's own
     schedulers among them follow the split (see `split_scheduler`).
-    Raises ValueError, before anything is changed, when the optimizer cannot take the policy.
+    Raises ValueError, before anything is changed, when the optimizer cannot take the policy or
+    holds none of the model's tensors.
     """
     plan = OptimizerPlan(optimizer)
     key_of = {id(binding.params[i]): binding.keys[i] for i in range(len(binding.params))}
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    if binding.params and not any(id(p) in in_optimizer for p in binding.params):
+        # Built over another model, or a deep copy of this one: every change would miss it.
+        raise ValueError(
+            f"the optimizer ({type(optimizer).__name__}) holds none of the model's "
+            f"{len(binding.params)} parameters: pass the optimizer built over this model's "
+            "parameters (a deep copy of a model has parameters of its own)"
+        )
     missing = [
         binding.names[i]
         for i, p in enumerate(binding.params)
@@ -145,17 +163,25 @@ def plan_optimizer(
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         plan.warnings.append(
-            f"{len(missing)} trainable parameter(s) are in no optimizer group and will not be "
-            f"updated: {shown}"
+            (
+                "FP211",
+                f"{len(missing)} trainable parameter(s) are in no optimizer group and will not "
+                f"be updated: {shown}",
+            )
         )
     if "weight_decay" not in optimizer.defaults and any(wd is not None for _, wd in rates.values()):
         plan.warnings.append(
-            f"the policy sets weight decay, but {type(optimizer).__name__} has no weight_decay"
+            (
+                "FP212",
+                f"the policy sets weight decay, but {type(optimizer).__name__} has no "
+                "weight_decay",
+            )
         )
     if _layout_ok(optimizer, key_of):
         _plan_updates(plan, rates, binding)
     else:
         plan.reshape, split = _reshaped(optimizer, binding, rates, key_of)
+        check_groups(optimizer, len(plan.reshape))
         old = optimizer.param_groups
         relabel = len(plan.reshape) == len(old) and all(
             [id(p) for p in n["params"]] == [id(p) for p in o["params"]]
@@ -189,9 +215,12 @@ def plan_optimizer(
             )
     if plan.lr_ratios and not schedulers and has_attached_scheduler(optimizer):
         plan.warnings.append(
-            "the policy changed learning rates of an optimizer with a scheduler attached: "
-            "pass the scheduler as apply_policy(..., scheduler=...) if it keeps its own base "
-            "rates (LambdaLR, CyclicLR, CosineAnnealingWarmRestarts)"
+            (
+                "FP213",
+                "the policy changed learning rates of an optimizer with a scheduler attached: "
+                "pass the scheduler as apply_policy(..., scheduler=...) if it keeps its own base "
+                "rates (LambdaLR, CyclicLR, CosineAnnealingWarmRestarts)",
+            )
         )
     return plan
 

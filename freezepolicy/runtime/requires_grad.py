@@ -1,0 +1,150 @@
+"""Tensors whose `requires_grad` cannot be set as a policy says (FP210), found before any change.
+
+Only floating-point and complex tensors can require gradients: a policy that trains an integer
+parameter (a step counter, the packed weights of a quantized layer) cannot be applied. And only
+a leaf tensor's flag can change: a parameter slot holding a tensor computed from others (a
+non-leaf, which always requires gradients) cannot be frozen. torch raises on the first such
+tensor in the middle of setting the flags, after others were set and the optimizer reshaped;
+freezepolicy checks every tensor first and names all of them, with the statement that decides
+each, so nothing is ever half applied.
+
+The check runs once per (model, policy) over the whole timeline, like the tied-tensor check
+(FP205), so `unfreeze * at epoch 5` over a quantized model fails at the start of training, not
+at epoch 5; `check_changes` repeats it at each apply for what that apply changes (moments past
+the timeline's limit are only seen there).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..lang.errors import Diagnostic, PolicyResolveError
+from ..lang.nodes import Statement
+from ..lang.policy import Policy
+
+if TYPE_CHECKING:
+    from .binding import Binding
+
+CODE = "FP210"
+
+_is_leaf = operator.attrgetter("is_leaf")
+_dtype = operator.attrgetter("dtype")
+
+
+def can_train(p: torch.Tensor) -> bool:
+    return p.dtype.is_floating_point or p.dtype.is_complex
+
+
+def _fixed(params: Sequence[torch.Tensor]) -> list[int]:
+    """Indices of the tensors whose requires_grad cannot be set both ways: two C-level passes
+    when every tensor can (the usual case)."""
+    if all(map(_is_leaf, params)) and all(
+        d.is_floating_point or d.is_complex for d in set(map(_dtype, params))
+    ):
+        return []
+    return [i for i, p in enumerate(params) if not (p.is_leaf and can_train(p))]
+
+
+def timeline_problems(binding: Binding) -> list[Diagnostic]:
+    """FP210 diagnostics for the whole timeline of `binding`."""
+    fixed = _fixed(binding.params)
+    if not fixed:
+        return []
+    wanted: dict[int, set[bool]] = {}  # class -> values its decisions give at some moment
+    classes = {binding.tclass[i] for i in fixed}
+    by: dict[tuple[int, bool], Statement | None] = {}
+    for epoch, step in binding.moments:
+        decisions = binding.class_decisions(epoch, step)
+        for c in classes:
+            t = decisions[c].trainable
+            if t is not None:
+                wanted.setdefault(c, set()).add(t)
+                by.setdefault((c, t), decisions[c].trainable_by)
+    bad: list[tuple[int, bool, Statement | None]] = []
+    for i in fixed:
+        c = binding.tclass[i]
+        for value in sorted(wanted.get(c, ())):
+            if _refuses(binding.params[i], value):
+                bad.append((i, value, by[(c, value)]))
+    return _diagnostics(binding.policy, binding.names, binding.params, bad)
+
+
+def check_changes(
+    policy: Policy,
+    names: Sequence[str],
+    params: Sequence[torch.Tensor],
+    current: Sequence[bool],
+    targets: Sequence[bool],
+    statements: Sequence[Statement | None],
+) -> None:
+    """Raise FP210 for a tensor this apply would set and cannot (before any change)."""
+    bad = [
+        (i, t, statements[i])
+        for i, (p, now, t) in enumerate(zip(params, current, targets, strict=True))
+        if now != t and _refuses(p, t)
+    ]
+    if bad:
+        raise PolicyResolveError(_diagnostics(policy, names, params, bad))
+
+
+def _refuses(p: torch.Tensor, value: bool) -> bool:
+    if not p.is_leaf:
+        return not value  # a non-leaf requires gradients and cannot be made not to
+    return value and not can_train(p)
+
+
+def _diagnostics(
+    policy: Policy,
+    names: Sequence[str],
+    params: Sequence[torch.Tensor],
+    bad: Iterable[tuple[int, bool, Statement | None]],
+) -> list[Diagnostic]:
+    """One diagnostic per (statement, kind of problem), naming up to 5 tensors."""
+    grouped: dict[tuple[int, bool], list[int]] = {}
+    statement_of: dict[int, Statement | None] = {}
+    for i, value, st in bad:
+        key = (id(st), value)
+        grouped.setdefault(key, []).append(i)
+        statement_of[id(st)] = st
+    lines = policy.text.split("\n")
+    out = []
+    for (sid, value), indices in grouped.items():
+        st = statement_of[sid]
+        shown = ", ".join(
+            f"`{names[i]}` ({str(params[i].dtype).removeprefix('torch.')})" for i in indices[:5]
+        ) + (f" and {len(indices) - 5} more" if len(indices) > 5 else "")
+        text = str(st) if st is not None else ""
+        what = f"`{text if len(text) <= 60 else text[:57] + '...'}`" if text else "the policy"
+        if value:
+            why = (
+                f"{what} makes {shown} trainable, but only floating-point and complex tensors "
+                "can require gradients"
+            )
+        else:
+            why = (
+                f"{what} freezes {shown}, but a tensor computed from others (not a leaf) always "
+                "requires gradients and cannot be frozen"
+            )
+        message = f"{why}: leave {'it' if len(indices) == 1 else 'them'} out with `except`"
+        out.append(_located(policy, lines, message, st))
+    return out
+
+
+def _located(policy: Policy, lines: list[str], message: str, st: Statement | None) -> Diagnostic:
+    """The diagnostic at statement `st` (at the file when there is none)."""
+    if st is None or not st.span.line:
+        return Diagnostic(CODE, message, policy.source)
+    span = st.span
+    return Diagnostic(
+        CODE,
+        message,
+        policy.source,
+        span.line,
+        span.column,
+        span.end_column if span.end_line == span.line else None,
+        lines[span.line - 1] if span.line <= len(lines) else None,
+    )
