@@ -114,14 +114,14 @@ def test_untouched_tensors_count_as_the_model_has_them() -> None:
 
 def test_policy_problems_warn_and_errors_raise_before_anything() -> None:
     model = Tied()
-    with pytest.warns(UserWarning, match=r"selector `nosuch` matches no parameter \[FP201\]"):
+    with pytest.warns(fp.PolicyWarning, match=r"selector `nosuch` matches no parameter \[FP201\]"):
         result = fp.summary(model, fp.parse("freeze *\nunfreeze nosuch\n"))
     assert [d.code for d in result.diagnostics] == ["FP201"]
     assert "FP201" in str(result)
     before = [p.requires_grad for p in model.parameters()]
     with pytest.raises(PolicyResolveError, match="FP205"):
         fp.summary(model, fp.parse("freeze *\nunfreeze head\n"))  # head.weight is embed.weight
-    with pytest.raises(ValueError, match="epoch must be a non-negative integer"):
+    with pytest.raises(ValueError, match="summary: epoch must be a non-negative whole number"):
         fp.summary(model, fp.parse("freeze *"), epoch=-1)
     assert [p.requires_grad for p in model.parameters()] == before
     with warnings.catch_warnings():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +24,10 @@ from torch import nn
 
 from ..lang.errors import Diagnostic
 from ..lang.policy import Policy
-from .binding import ModelSnapshot, as_policy, bind, check_steps_per_epoch, snapshot
+from .arguments import check_model, check_steps_per_epoch, resolve_moment
+from .binding import ModelSnapshot, as_policy, bind, snapshot
 from .report import percent
+from .warn import warn_once
 
 
 def peft_numel(param: torch.Tensor) -> int:
@@ -158,6 +159,9 @@ def summary(
     warnings (a selector that selects nothing) are issued with `warnings.warn` and kept in
     `diagnostics`.
     """
+    check_model(model, "summary")
+    steps_per_epoch = check_steps_per_epoch(steps_per_epoch, "summary")
+    epoch, step = resolve_moment(epoch, step, steps_per_epoch, "summary")
     root, snap = snapshot(model)
     # Each tensor once, under its first name, in model order: PEFT's `named_parameters()`.
     names: list[str] = []
@@ -179,8 +183,7 @@ def summary(
         trains, diagnostics, source = _policy_targets(
             snap, policy, tensors, epoch, step, steps_per_epoch
         )
-        for d in diagnostics:
-            warnings.warn(d.format(), stacklevel=2)
+        warn_once(snap.warned, source, diagnostics)
     sizes = [peft_numel(p) for p in tensors]
     modules = _per_module(root, owners, sizes, trains)
     return ModelSummary(
@@ -206,10 +209,6 @@ def _policy_targets(
     steps_per_epoch: int | None,
 ) -> tuple[list[bool], tuple[Diagnostic, ...], str]:
     """Whether each tensor would train under `policy` at the moment, as apply_policy decides."""
-    for label, value in (("epoch", epoch), ("step", step)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{label} must be a non-negative integer, not {value!r}")
-    check_steps_per_epoch(steps_per_epoch)
     compiled = as_policy(policy)
     _, binding = bind(snap, compiled, steps_per_epoch)
     binding.raise_errors()
