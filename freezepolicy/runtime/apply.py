@@ -36,6 +36,7 @@ from .optimizer_plan import OptimizerPlan, plan_optimizer
 from .rates import MARKER, as_float
 from .report import ApplyReport, GroupReport, StatementReport
 from .schedulers import check_schedulers
+from .wrappers import unwrap_optimizer, unwrap_schedulers
 
 #: Optimizer -> (binding key, order key, group layout) of the last apply with it.
 _OPTIMIZERS: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple] = weakref.WeakKeyDictionary()
@@ -85,6 +86,7 @@ def apply_policy(
     selector that selects nothing is an error. Every error (`PolicyError`, or ValueError for an
     optimizer or scheduler that cannot take the policy) is raised before anything changes.
     """
+    optimizer, scheduler = unwrap_optimizer(optimizer), unwrap_schedulers(scheduler)  # wrappers.py
     _check_moment(epoch, step)
     check_steps_per_epoch(steps_per_epoch)
     policy = as_policy(policy)
