@@ -42,7 +42,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from ..lang.api import load
 from ..lang.policy import Policy
 from ..runtime.apply import apply_policy
-from ..runtime.binding import Binding, ModelSnapshot, binding_for
+from ..runtime.binding import binding_for
+from ..runtime.coverage import ever_trainable, trainable_outside
 from ..runtime.report import ApplyReport
 from ..runtime.schedulers import can_split_scheduler
 
@@ -205,7 +206,7 @@ class FreezePolicyCallback(TrainerCallback):
         be updated. apply_policy only warns about this at the moment it happens (another
         optimizer may own such tensors); in a Trainer there is no other optimizer.
         """
-        missing = _policy_trainable_outside(model, self.policy, optimizer, self.steps_per_epoch)
+        missing = trainable_outside(model, self.policy, optimizer, self.steps_per_epoch)
         if missing:
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
             raise ValueError(
@@ -237,32 +238,6 @@ def _scheduler_for(scheduler: Any, optimizer: Any) -> Any:
     return scheduler
 
 
-def _policy_trainable(snap: ModelSnapshot, binding: Binding) -> list[int]:
-    """Indices (in the binding) of the tensors the policy makes trainable at some moment."""
-    out: set[int] = set()
-    for epoch, step in binding.moments:
-        for i, decision in enumerate(binding.merged(epoch, step)):
-            p = binding.params[i]
-            trainable = decision.trainable
-            if trainable is None:  # untouched: as the model had it before freezepolicy
-                trainable = snap.original(p)
-            if trainable:
-                out.add(i)
-    return sorted(out)
-
-
-def _policy_trainable_outside(
-    model: nn.Module, policy: Policy, optimizer: torch.optim.Optimizer, per_epoch: int | None
-) -> list[str]:
-    snap, binding = binding_for(model, policy, per_epoch)
-    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    return [
-        binding.names[i]
-        for i in _policy_trainable(snap, binding)
-        if id(binding.params[i]) not in held
-    ]
-
-
 @contextlib.contextmanager
 def _trainable_for_creation(
     model: nn.Module, policy: Policy, per_epoch: int | None
@@ -272,7 +247,7 @@ def _trainable_for_creation(
     snap, binding = binding_for(model, policy, per_epoch)
     raised = [
         binding.params[i]
-        for i in _policy_trainable(snap, binding)
+        for i in ever_trainable(snap, binding)
         if not binding.params[i].requires_grad
     ]
     for p in raised:
