@@ -13,7 +13,7 @@ own, forked from it (as DataLoader workers are):
   killed run's last checkpoint, in a new process;
 - `ddp`: ddp_schedule's 2-process run, under DDP on CPU (gloo; `strategy="ddp_fork"`, Lightning's
   DDP strategy with its processes forked), each rank saving what it held before every step;
-- `refused`: configure_optimizers that leaves out tensors the policy unfreezes later.
+- `refused`: misuses the callback refuses before training (see `refused`).
 
 Every run writes DIR/<run>/result.pt (or, for a killed one, DIR/<run>/held) and its output to
 DIR/<run>/log.txt; the driver writes DIR/driver.json: each run's exit status. Runs die with the
@@ -278,20 +278,49 @@ def train_ddp(run_dir: Path) -> None:
 
 
 def refused(run_dir: Path) -> None:
-    """configure_optimizers over the tensors that train at the start only (BaseFinetuning's
-    habit), under a policy that unfreezes fc1 later: refused before training starts."""
+    """Misuses refused before the first training step, each with its message (or "trained" if
+    it was not refused):
+
+    - `missing`: configure_optimizers over the tensors that train at the start only
+      (BaseFinetuning's habit), under a policy that unfreezes fc1 later;
+    - `two_optimizers`: configure_optimizers returning two optimizers (manual optimization);
+    - `two_callbacks`: two FreezePolicyCallbacks on one Trainer (two policies on one model would
+      undo each other): Lightning refuses two callbacks with one checkpoint state key.
+    """
+    policy = fp.parse(rw.POLICY, "resume.freeze")
 
     class FrozenFirst(Classifier):
         def configure_optimizers(self) -> Any:
             return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad])
 
-    model = FrozenFirst()
-    model.fc1.requires_grad_(False)
-    trainer = trainer_for(run_dir, [FreezePolicyCallback(fp.parse(rw.POLICY, "resume.freeze"))])
-    try:
-        trainer.fit(model, classifier_loader())
-    except ValueError as error:
-        torch.save({"error": str(error)}, run_dir / "result.pt")
+    class TwoOptimizers(Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            raise AssertionError("trained")
+
+        def configure_optimizers(self) -> Any:
+            first = torch.optim.SGD(self.fc1.parameters(), lr=0.1)
+            return first, torch.optim.SGD([*self.fc2.parameters(), *self.out.parameters()], lr=0.1)
+
+    frozen_first = FrozenFirst()
+    frozen_first.fc1.requires_grad_(False)
+    cases = {
+        "missing": (frozen_first, [FreezePolicyCallback(policy)]),
+        "two_optimizers": (TwoOptimizers(), [FreezePolicyCallback(policy)]),
+        "two_callbacks": (Classifier(), [FreezePolicyCallback(policy) for _ in range(2)]),
+    }
+    errors: dict[str, str] = {}
+    for case, (model, callbacks) in cases.items():
+        try:
+            trainer = trainer_for(run_dir / case, callbacks, max_steps=1)
+            trainer.fit(model, classifier_loader())
+            errors[case] = "trained"
+        except (ValueError, RuntimeError, AssertionError) as error:
+            errors[case] = f"{type(error).__name__}: {error}"
+    torch.save(errors, run_dir / "result.pt")
 
 
 # --- the driver ------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ tests/lightning_worker.py imports Lightning once and forks every run as a proces
   run ends (parameters, optimizer state, scheduler state) and match it at every step on the way;
 - a 2-process DDP run on CPU (gloo) through an unfreeze, a refreeze and a rate change: the ranks
   stay bit for bit identical and only what the policy trains moves;
-- an optimizer that leaves out a tensor the policy trains later: refused before training.
+- misuses (an optimizer that leaves out a tensor the policy trains later, two optimizers, two
+  callbacks): refused before training.
 
 The driver process is killed if it runs past a deadline; every run dies with it.
 """
@@ -180,8 +181,17 @@ def test_ddp_ranks_stay_identical_through_unfreeze_and_refreeze(runs: Path) -> N
     schedule.check_ranks([rank["records"] for rank in ranks])
 
 
-def test_optimizer_without_the_tensors_the_policy_trains_is_refused(runs: Path) -> None:
-    message = result(runs, "refused")["error"]
-    assert message.startswith("resume.freeze: the policy trains 2 parameter(s) that are in no ")
-    assert "(fc1.weight, fc1.bias)" in message
-    assert "freezepolicy.param_groups" in message
+def test_misuses_are_refused_before_training(runs: Path) -> None:
+    errors = result(runs, "refused")
+    # An optimizer without fc1, which the policy unfreezes at epoch 2.
+    missing = errors["missing"]
+    assert missing.startswith("ValueError: resume.freeze: the policy trains 2 parameter(s) ")
+    assert "(fc1.weight, fc1.bias)" in missing and "freezepolicy.param_groups" in missing
+    assert errors["two_optimizers"] == (
+        "ValueError: resume.freeze: FreezePolicyCallback applies a policy to one optimizer, "
+        "but configure_optimizers returned 2"
+    )
+    # Lightning's own refusal, when the Trainer is created: both would save under one key.
+    assert errors["two_callbacks"].startswith(
+        "RuntimeError: Found more than one stateful callback of type `FreezePolicyCallback`"
+    )

@@ -37,8 +37,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from ..lang.api import load
 from ..lang.policy import Policy
+from ..runtime.binding import as_policy
 from ..runtime.coverage import trainable_outside
 from ..runtime.report import ApplyReport
 from .loop import FreezeScheduler
@@ -74,50 +74,48 @@ class FreezePolicyCallback(Callback):
     """
 
     def __init__(self, policy: Policy | str | os.PathLike[str], *, strict: bool = False) -> None:
-        # Loaded here, so a bad policy file fails when the Trainer is set up, not mid-run.
-        self.policy = policy if isinstance(policy, Policy) else load(policy)
+        if not isinstance(strict, bool):
+            raise TypeError(f"FreezePolicyCallback: strict must be True or False, not {strict!r}")
         self.strict = strict
-        #: The loop helper doing the work, made when training starts (it needs the optimizer).
-        self.scheduler: FreezeScheduler | None = None
+        # Loaded here, so a bad policy file fails when the Trainer is set up, not mid-run.
+        self.policy = as_policy(policy)
+        #: The loop helper doing the work (a FreezeScheduler), made when training starts: it
+        #: needs the optimizer.
+        self.freeze_scheduler: FreezeScheduler | None = None
         #: State from a checkpoint, until `on_fit_start` applies it.
         self._loaded: dict[str, Any] | None = None
 
     @property
     def report(self) -> ApplyReport | None:
-        return None if self.scheduler is None else self.scheduler.report
+        return None if self.freeze_scheduler is None else self.freeze_scheduler.report
 
     @property
     def history(self) -> list[ApplyReport]:
-        return [] if self.scheduler is None else self.scheduler.history
+        return [] if self.freeze_scheduler is None else self.freeze_scheduler.history
 
     @property
     def steps_per_epoch(self) -> int | None:
-        return None if self.scheduler is None else self.scheduler.steps_per_epoch
+        helper = self.freeze_scheduler
+        return None if helper is None else helper.steps_per_epoch
 
     # --- Trainer events ----------------------------------------------------------------------
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        callbacks = getattr(trainer, "callbacks", [])  # set on the Trainer by its connector
-        others = [c for c in callbacks if isinstance(c, FreezePolicyCallback)]
-        if any(c is not self for c in others):
-            raise ValueError(
-                "the Trainer has more than one FreezePolicyCallback: two policies on one model "
-                "would undo each other; join them into one policy"
-            )
-        self.scheduler = None
+        self.freeze_scheduler = None
         state, self._loaded = self._loaded, None
         if state:
             # Resuming: the checkpoint's optimizer state is loaded right after this hook, into
             # groups that must be laid out as when it was saved. Applying at the saved position,
             # with the steps per epoch of then, makes them so (and its schedulers follow).
-            self.scheduler = self._start(trainer, pl_module, state.get("steps_per_epoch"))
-            self.scheduler.load_state_dict(state)
+            self.freeze_scheduler = self._start(trainer, pl_module, state.get("steps_per_epoch"))
+            self.freeze_scheduler.load_state_dict(state)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The training dataloader, and after a resume the loops' counters, are known from here.
         per_epoch = steps_per_epoch(trainer)
-        if self.scheduler is None or self.scheduler.steps_per_epoch != per_epoch:
-            self.scheduler = self._start(trainer, pl_module, per_epoch)
+        helper = self.freeze_scheduler
+        if helper is None or helper.steps_per_epoch != per_epoch:
+            self.freeze_scheduler = self._start(trainer, pl_module, per_epoch)
         self._apply_at(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -131,14 +129,14 @@ class FreezePolicyCallback(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        scheduler = self._running()
+        helper = self._running()
         # One step() per optimizer step: none while gradients accumulate, several when a
         # manual-optimization step ran more than one.
-        while scheduler.global_step < trainer.global_step:
-            scheduler.step()
+        while helper.global_step < trainer.global_step:
+            helper.step()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and self.scheduler is not None:
+        if not trainer.sanity_checking and self.freeze_scheduler is not None:
             self.observe_metrics(trainer)
 
     def observe_metrics(self, trainer: pl.Trainer) -> None:
@@ -149,8 +147,8 @@ class FreezePolicyCallback(Callback):
         `FreezeScheduler.observe(metrics)` exists, this becomes: take the numbers of
         `trainer.callback_metrics` (tensors, logged with `sync_dist=True` to be the same on
         every rank, or taken from rank 0 with `trainer.strategy.broadcast` so every rank makes
-        the same transition), pass them to `self.scheduler.observe`, and re-apply at the current
-        moment. The observed history rides in the checkpoint with `state_dict`.
+        the same transition), pass them to `self.freeze_scheduler.observe`, and re-apply at the
+        current moment. The observed history rides in the checkpoint with `state_dict`.
         """
 
     # --- checkpoint --------------------------------------------------------------------------
@@ -158,9 +156,10 @@ class FreezePolicyCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         """The position on the policy's timeline and the steps per epoch it is bound with, saved
         in every Lightning checkpoint under this callback's state key."""
-        if self.scheduler is None:  # not started: what was loaded, if anything
+        helper = self.freeze_scheduler
+        if helper is None:  # not started: what was loaded, if anything
             return dict(self._loaded or {})
-        return {**self.scheduler.state_dict(), "steps_per_epoch": self.scheduler.steps_per_epoch}
+        return {**helper.state_dict(), "steps_per_epoch": helper.steps_per_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Called before the optimizer exists; applied at on_fit_start.
@@ -204,15 +203,15 @@ class FreezePolicyCallback(Callback):
         )
 
     def _running(self) -> FreezeScheduler:
-        if self.scheduler is None:
+        if self.freeze_scheduler is None:
             raise RuntimeError("FreezePolicyCallback: training has not started (no on_train_start)")
-        return self.scheduler
+        return self.freeze_scheduler
 
     def _apply_at(self, trainer: pl.Trainer) -> ApplyReport:
         """Apply at the Trainer's moment: its epoch, and its optimizer steps so far."""
-        scheduler = self._running()
-        scheduler.global_step = trainer.global_step
-        return scheduler.start_epoch(trainer.current_epoch)
+        helper = self._running()
+        helper.global_step = trainer.global_step
+        return helper.start_epoch(trainer.current_epoch)
 
     def __repr__(self) -> str:
         return f"FreezePolicyCallback(policy={self.policy.source!r}, strict={self.strict})"
