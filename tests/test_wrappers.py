@@ -74,58 +74,66 @@ def assert_lrs(got: list[float], want: list[float]) -> None:
         assert math.isclose(g, w, rel_tol=1e-12), (got, want)
 
 
-@pytest.mark.parametrize("passed", ["wrapper", "inner", "list"])
-def test_rate_change_reaches_the_optimizer_through_accelerate(
-    accelerator: Accelerator, passed: str
-) -> None:
+def prepared(accelerator: Accelerator, *, policy_groups: bool) -> SimpleNamespace:
+    """Net, an SGD (in the policy's groups, or one plain group) and a LambdaLR, through
+    `accelerator.prepare`: the wrapped ones, and the torch ones inside (`inner_*`)."""
     torch.manual_seed(0)
     model = Net()
-    inner_opt = torch.optim.SGD(fp.param_groups(model, POLICY, lr=BASE_LR))
+    params = fp.param_groups(model, POLICY, lr=BASE_LR) if policy_groups else model.parameters()
+    inner_opt = torch.optim.SGD(params, lr=BASE_LR)
     inner_sched = torch.optim.lr_scheduler.LambdaLR(inner_opt, decay)
     model, optimizer, scheduler = accelerator.prepare(model, inner_opt, inner_sched)
     assert isinstance(optimizer, AcceleratedOptimizer)
     assert isinstance(scheduler, AcceleratedScheduler)
-    given = {"wrapper": scheduler, "inner": inner_sched, "list": [scheduler]}[passed]
-    train_steps(model, optimizer, scheduler, 2)
+    return SimpleNamespace(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        inner_opt=inner_opt,
+        inner_sched=inner_sched,
+    )
 
-    fp.apply_policy(model, POLICY, optimizer, epoch=1, scheduler=given)
+
+@pytest.mark.parametrize("passed", ["wrapper", "inner", "list"])
+def test_rate_change_reaches_the_optimizer_through_accelerate(
+    accelerator: Accelerator, passed: str
+) -> None:
+    run = prepared(accelerator, policy_groups=True)
+    given = {"wrapper": run.scheduler, "inner": run.inner_sched, "list": [run.scheduler]}[passed]
+    train_steps(run.model, run.optimizer, run.scheduler, 2)
+
+    fp.apply_policy(run.model, POLICY, run.optimizer, epoch=1, scheduler=given)
     # On the torch optimizer at once, and on the base rates its scheduler keeps, so the rate
     # survives every later scheduler step.
-    assert_lrs(lrs(inner_opt), [0.5 * BASE_LR * decay(2), BASE_LR * decay(2)])
-    assert_lrs(inner_sched.base_lrs, [0.5 * BASE_LR, BASE_LR])
-    train_steps(model, optimizer, scheduler, 3)
-    assert_lrs(lrs(inner_opt), [0.5 * BASE_LR * decay(5), BASE_LR * decay(5)])
+    assert_lrs(lrs(run.inner_opt), [0.5 * BASE_LR * decay(2), BASE_LR * decay(2)])
+    assert_lrs(run.inner_sched.base_lrs, [0.5 * BASE_LR, BASE_LR])
+    train_steps(run.model, run.optimizer, run.scheduler, 3)
+    assert_lrs(lrs(run.inner_opt), [0.5 * BASE_LR * decay(5), BASE_LR * decay(5)])
 
 
 def test_split_is_followed_through_the_wrappers(accelerator: Accelerator) -> None:
     """A plain optimizer (one group) that the policy splits, with its scheduler already made."""
-    torch.manual_seed(0)
-    model = Net()
-    inner_opt = torch.optim.SGD(model.parameters(), lr=BASE_LR)
-    inner_sched = torch.optim.lr_scheduler.LambdaLR(inner_opt, decay)
-    model, optimizer, scheduler = accelerator.prepare(model, inner_opt, inner_sched)
-    train_steps(model, optimizer, scheduler, 1)
+    run = prepared(accelerator, policy_groups=False)
+    train_steps(run.model, run.optimizer, run.scheduler, 1)
 
-    fp.apply_policy(model, POLICY, optimizer, epoch=1, scheduler=scheduler)
-    assert len(inner_opt.param_groups) == 2
-    assert_lrs(inner_sched.base_lrs, [0.5 * BASE_LR, BASE_LR])
-    train_steps(model, optimizer, scheduler, 2)
-    assert_lrs(lrs(inner_opt), [0.5 * BASE_LR * decay(3), BASE_LR * decay(3)])
+    fp.apply_policy(run.model, POLICY, run.optimizer, epoch=1, scheduler=run.scheduler)
+    assert len(run.inner_opt.param_groups) == 2
+    assert_lrs(run.inner_sched.base_lrs, [0.5 * BASE_LR, BASE_LR])
+    train_steps(run.model, run.optimizer, run.scheduler, 2)
+    assert_lrs(lrs(run.inner_opt), [0.5 * BASE_LR * decay(3), BASE_LR * decay(3)])
 
 
 def test_freeze_scheduler_takes_the_wrappers(accelerator: Accelerator) -> None:
-    torch.manual_seed(0)
-    model = Net()
-    inner_opt = torch.optim.SGD(fp.param_groups(model, POLICY, lr=BASE_LR))
-    inner_sched = torch.optim.lr_scheduler.LambdaLR(inner_opt, decay)
-    model, optimizer, scheduler = accelerator.prepare(model, inner_opt, inner_sched)
-    freeze = fp.FreezeScheduler(model, POLICY, optimizer, scheduler=scheduler, steps_per_epoch=2)
+    run = prepared(accelerator, policy_groups=True)
+    freeze = fp.FreezeScheduler(
+        run.model, POLICY, run.optimizer, scheduler=run.scheduler, steps_per_epoch=2
+    )
     for epoch in range(3):
         freeze.start_epoch(epoch)
         for _ in range(2):
-            train_steps(model, optimizer, scheduler, 1)
+            train_steps(run.model, run.optimizer, run.scheduler, 1)
             freeze.step()
-    assert_lrs(lrs(inner_opt), [0.5 * BASE_LR * decay(6), BASE_LR * decay(6)])
+    assert_lrs(lrs(run.inner_opt), [0.5 * BASE_LR * decay(6), BASE_LR * decay(6)])
 
 
 def test_scheduler_made_over_the_wrapper_counts_as_attached(accelerator: Accelerator) -> None:

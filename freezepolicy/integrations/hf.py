@@ -43,7 +43,7 @@ from ..lang.api import load
 from ..lang.policy import Policy
 from ..runtime.apply import apply_policy
 from ..runtime.binding import binding_for
-from ..runtime.coverage import ever_trainable, trainable_outside
+from ..runtime.coverage import ever_trainable, require_covered
 from ..runtime.report import ApplyReport
 from ..runtime.schedulers import can_split_scheduler
 
@@ -206,16 +206,17 @@ class FreezePolicyCallback(TrainerCallback):
         be updated. apply_policy only warns about this at the moment it happens (another
         optimizer may own such tensors); in a Trainer there is no other optimizer.
         """
-        missing = trainable_outside(model, self.policy, optimizer, self.steps_per_epoch)
-        if missing:
-            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise ValueError(
-                f"{self.policy.source}: the policy trains {len(missing)} parameter(s) that are in "
-                f"no group of the Trainer's optimizer ({shown}); they had requires_grad=False "
-                "when it was built. Use freezepolicy.integrations.hf.attach(trainer, policy) so "
-                "the Trainer builds its optimizer with them, or build the optimizer with "
-                "freezepolicy.param_groups and pass it as Trainer(optimizers=...)"
-            )
+        require_covered(
+            model,
+            self.policy,
+            optimizer,
+            self.steps_per_epoch,
+            optimizer_is="the Trainer's optimizer",
+            advice="; they had requires_grad=False when it was built. Use "
+            "freezepolicy.integrations.hf.attach(trainer, policy) so the Trainer builds its "
+            "optimizer with them, or build the optimizer with freezepolicy.param_groups and pass "
+            "it as Trainer(optimizers=...)",
+        )
 
     def __repr__(self) -> str:
         return f"FreezePolicyCallback(policy={self.policy.source!r}, strict={self.strict})"

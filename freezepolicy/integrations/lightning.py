@@ -39,7 +39,7 @@ from lightning.pytorch.callbacks import Callback
 
 from ..lang.policy import Policy
 from ..runtime.binding import as_policy
-from ..runtime.coverage import trainable_outside
+from ..runtime.coverage import require_covered
 from ..runtime.report import ApplyReport
 from .loop import FreezeScheduler
 
@@ -180,16 +180,16 @@ class FreezePolicyCallback(Callback):
             )
         optimizer = optimizers[0] if optimizers else None
         if optimizer is not None:
-            missing = trainable_outside(pl_module, self.policy, optimizer, per_epoch)
-            if missing:
-                shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-                raise ValueError(
-                    f"{self.policy.source}: the policy trains {len(missing)} parameter(s) that "
-                    f"are in no group of the optimizer from configure_optimizers ({shown}). "
-                    "Build it over all parameters, frozen ones included, for instance with "
-                    "freezepolicy.param_groups(self, policy, lr=...), not only those with "
-                    "requires_grad"
-                )
+            require_covered(
+                pl_module,
+                self.policy,
+                optimizer,
+                per_epoch,
+                optimizer_is="the optimizer from configure_optimizers",
+                advice=". Build it over all parameters, frozen ones included, for instance with "
+                "freezepolicy.param_groups(self, policy, lr=...), not only those with "
+                "requires_grad",
+            )
         # Every scheduler Lightning holds drives this optimizer (its only one); LambdaLR and the
         # like keep base rates of their own, which must follow the policy's rate changes.
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]

@@ -46,3 +46,24 @@ def trainable_outside(
         for i in ever_trainable(snap, binding)
         if id(binding.params[i]) not in held
     ]
+
+
+def require_covered(
+    model: nn.Module,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int | None,
+    *,
+    optimizer_is: str,
+    advice: str,
+) -> None:
+    """Raise ValueError, naming the first few, when `optimizer` lacks tensors the policy trains
+    at some moment. The message reads "<policy>: the policy trains N parameter(s) that are in no
+    group of <optimizer_is> (names)<advice>"."""
+    missing = trainable_outside(model, policy, optimizer, steps_per_epoch)
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ValueError(
+            f"{policy.source}: the policy trains {len(missing)} parameter(s) that are in no "
+            f"group of {optimizer_is} ({shown}){advice}"
+        )
