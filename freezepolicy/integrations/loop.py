@@ -30,6 +30,7 @@ from ..lang.api import load
 from ..lang.policy import Policy
 from ..runtime.apply import apply_policy
 from ..runtime.report import ApplyReport
+from ..runtime.wrappers import unwrap_optimizer, unwrap_schedulers
 
 
 class FreezeScheduler:
@@ -55,6 +56,8 @@ class FreezeScheduler:
         epoch: int = 0,
         step: int = 0,
     ) -> None:
+        # The torch objects inside framework wrappers (accelerate's, Lightning's): wrappers.py.
+        optimizer, scheduler = unwrap_optimizer(optimizer), unwrap_schedulers(scheduler)
         self.model = model
         self.policy = policy if isinstance(policy, Policy) else load(policy)
         self.optimizer = optimizer
