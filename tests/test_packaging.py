@@ -156,3 +156,53 @@ def test_installed_console_script_runs(installed: Path, tmp_path) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stdout.startswith("p.freeze:2:1: unknown statement `frezee`")
     assert "Traceback" not in done.stderr
+
+
+def _requirements(wheel: Path) -> dict[str | None, set[str]]:
+    """The wheel's Requires-Dist, by extra (None: the base install), as bare project names."""
+    with zipfile.ZipFile(wheel) as zf:
+        (metadata,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        lines = zf.read(metadata).decode().splitlines()
+    out: dict[str | None, set[str]] = {}
+    for line in lines:
+        if not line.startswith("Requires-Dist: "):
+            continue
+        requirement, _, marker = line.removeprefix("Requires-Dist: ").partition(";")
+        extra = marker.split("extra ==")[1].strip().strip("'\"") if "extra ==" in marker else None
+        name = requirement.strip()
+        for cut in "<>=!~[ (":
+            name = name.split(cut)[0]
+        out.setdefault(extra, set()).add(name.lower())
+    return out
+
+
+def test_wheel_declares_the_integrations_as_extras(wheel: Path) -> None:
+    requirements = _requirements(wheel)
+    # `pip install freezepolicy` stays torch + lark; each integration is an extra.
+    assert requirements[None] == {"lark", "torch"}
+    assert requirements["lightning"] == {"lightning"}
+    assert requirements["accelerate"] == {"accelerate"}
+    assert {"lightning", "accelerate"} <= requirements["test"]
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    for module in ("integrations/lightning", "runtime/wrappers", "runtime/coverage"):
+        assert f"freezepolicy/{module}.py" in names
+
+
+def test_import_and_apply_load_no_optional_framework(installed: Path, tmp_path) -> None:
+    """The frameworks are installed here, and still nothing but their own integration module
+    imports them: not the package, not apply_policy, not the unwrapping of their wrappers."""
+    script = (
+        "import sys, torch, freezepolicy\n"
+        "model = torch.nn.ModuleDict({'a': torch.nn.Linear(2, 2), 'b': torch.nn.Linear(2, 1)})\n"
+        "policy = freezepolicy.parse('freeze a; lr 0.5x for b at epoch 1')\n"
+        "opt = torch.optim.SGD(freezepolicy.param_groups(model, policy, lr=0.1))\n"
+        "sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)\n"
+        "fs = freezepolicy.FreezeScheduler(model, policy, opt, scheduler=sched)\n"
+        "assert fs.start_epoch(1).trainable == ('b.weight', 'b.bias')\n"
+        "import freezepolicy.runtime.wrappers, freezepolicy.runtime.coverage\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'accelerate', 'transformers', 'peft')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    done = _run([sys.executable, "-c", script], cwd=tmp_path, env=_outside_env(installed))
+    assert done.stdout.strip() == "[]"

@@ -43,7 +43,8 @@ from ..lang.errors import Diagnostic
 from ..lang.policy import Policy
 from ..runtime.apply import apply_policy
 from ..runtime.arguments import check_flag
-from ..runtime.binding import Binding, ModelSnapshot, as_policy, binding_for
+from ..runtime.binding import as_policy, binding_for
+from ..runtime.coverage import ever_trainable, require_covered
 from ..runtime.report import ApplyReport
 from ..runtime.schedulers import can_split_scheduler
 from ..runtime.warn import warn
@@ -208,16 +209,17 @@ class FreezePolicyCallback(TrainerCallback):
         be updated. apply_policy only warns about this at the moment it happens (another
         optimizer may own such tensors); in a Trainer there is no other optimizer.
         """
-        missing = _policy_trainable_outside(model, self.policy, optimizer, self.steps_per_epoch)
-        if missing:
-            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise ValueError(
-                f"{self.policy.source}: the policy trains {len(missing)} parameter(s) that are in "
-                f"no group of the Trainer's optimizer ({shown}); they had requires_grad=False "
-                "when it was built. Use freezepolicy.integrations.hf.attach(trainer, policy) so "
-                "the Trainer builds its optimizer with them, or build the optimizer with "
-                "freezepolicy.param_groups and pass it as Trainer(optimizers=...)"
-            )
+        require_covered(
+            model,
+            self.policy,
+            optimizer,
+            self.steps_per_epoch,
+            optimizer_is="the Trainer's optimizer",
+            advice="; they had requires_grad=False when it was built. Use "
+            "freezepolicy.integrations.hf.attach(trainer, policy) so the Trainer builds its "
+            "optimizer with them, or build the optimizer with freezepolicy.param_groups and pass "
+            "it as Trainer(optimizers=...)",
+        )
 
     def __repr__(self) -> str:
         return f"FreezePolicyCallback(policy={self.policy.source!r}, strict={self.strict})"
@@ -240,32 +242,6 @@ def _scheduler_for(scheduler: Any, optimizer: Any) -> Any:
     return scheduler
 
 
-def _policy_trainable(snap: ModelSnapshot, binding: Binding) -> list[int]:
-    """Indices (in the binding) of the tensors the policy makes trainable at some moment."""
-    out: set[int] = set()
-    for epoch, step in binding.moments:
-        for i, decision in enumerate(binding.merged(epoch, step)):
-            p = binding.params[i]
-            trainable = decision.trainable
-            if trainable is None:  # untouched: as the model had it before freezepolicy
-                trainable = snap.original(p)
-            if trainable:
-                out.add(i)
-    return sorted(out)
-
-
-def _policy_trainable_outside(
-    model: nn.Module, policy: Policy, optimizer: torch.optim.Optimizer, per_epoch: int | None
-) -> list[str]:
-    snap, binding = binding_for(model, policy, per_epoch)
-    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    return [
-        binding.names[i]
-        for i in _policy_trainable(snap, binding)
-        if id(binding.params[i]) not in held
-    ]
-
-
 @contextlib.contextmanager
 def _trainable_for_creation(
     model: nn.Module, policy: Policy, per_epoch: int | None
@@ -275,7 +251,7 @@ def _trainable_for_creation(
     snap, binding = binding_for(model, policy, per_epoch)
     raised = [
         binding.params[i]
-        for i in _policy_trainable(snap, binding)
+        for i in ever_trainable(snap, binding)
         if not binding.params[i].requires_grad
     ]
     for p in raised:

@@ -41,6 +41,7 @@ from ..runtime.arguments import (
 from ..runtime.binding import as_policy
 from ..runtime.report import ApplyReport
 from ..runtime.warn import warn
+from ..runtime.wrappers import unwrap_optimizer, unwrap_schedulers
 
 
 class FreezeScheduler:
@@ -73,6 +74,8 @@ class FreezeScheduler:
         step: int | None = None,
     ) -> None:
         where = "FreezeScheduler"
+        # The torch objects inside framework wrappers (accelerate's, Lightning's): wrappers.py.
+        optimizer, scheduler = unwrap_optimizer(optimizer), unwrap_schedulers(scheduler)
         self.model = check_model(model, where)
         self.optimizer = check_optimizer(optimizer, where)
         as_schedulers(scheduler, self.optimizer, where)

@@ -50,6 +50,7 @@ from .report import ApplyReport, GroupReport, StatementReport
 from .requires_grad import check_changes
 from .schedulers import check_schedulers
 from .warn import warn_once
+from .wrappers import unwrap_optimizer, unwrap_schedulers
 
 #: Optimizer -> (binding key, order key) of the last apply with it, and its group layout.
 _OPTIMIZERS: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple] = weakref.WeakKeyDictionary()
@@ -97,6 +98,8 @@ def apply_policy(
     ValueError for a wrong argument, or an optimizer or scheduler that cannot take the policy)
     is raised before anything changes.
     """
+    # The torch objects inside framework wrappers (accelerate's, Lightning's): wrappers.py.
+    optimizer, scheduler = unwrap_optimizer(optimizer), unwrap_schedulers(scheduler)
     model = check_model(model, "apply_policy")
     optimizer = check_optimizer(optimizer, "apply_policy")
     schedulers = as_schedulers(scheduler, optimizer, "apply_policy")

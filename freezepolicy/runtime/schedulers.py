@@ -8,13 +8,16 @@ from typing import Any
 
 import torch
 
+from .wrappers import attached_to, unwrap_optimizer
+
 #: Every torch LRScheduler wraps its optimizer's `step` in a function carrying this attribute.
 _SCHED_MARK = "_wrapped_by_lr_sched"
 
 
 def has_attached_scheduler(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether a torch learning-rate scheduler has been created over `optimizer`."""
-    return hasattr(optimizer.step, _SCHED_MARK)
+    """Whether a torch learning-rate scheduler has been created over `optimizer`, or over a
+    wrapper it was passed in (wrappers.py)."""
+    return any(hasattr(o.step, _SCHED_MARK) for o in attached_to(optimizer))
 
 
 def _scheduler_parts(sched: Any) -> Iterable[Any]:
@@ -27,7 +30,8 @@ def check_schedulers(schedulers: Sequence[Any], optimizer: torch.optim.Optimizer
     """Raise ValueError (before anything changes) when a scheduler does not fit `optimizer`."""
     for sched in schedulers:
         for part in _scheduler_parts(sched):
-            if getattr(part, "optimizer", optimizer) is not optimizer:
+            # Created over the optimizer or over a wrapper of it (accelerate's, Lightning's).
+            if unwrap_optimizer(getattr(part, "optimizer", optimizer)) is not optimizer:
                 raise ValueError("the scheduler passed to apply_policy drives another optimizer")
             base = getattr(part, "base_lrs", None)
             if base is not None and len(base) != len(optimizer.param_groups):
