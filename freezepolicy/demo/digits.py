@@ -38,7 +38,7 @@ from .digits_runs import (
     two_phase_experiment,
 )
 
-DEFAULT_OUT = Path("out") / "demo.png"
+DEFAULT_OUT = Path("out") / "demo_digits.png"
 
 
 def results_table(runs: Sequence[Run]) -> str:
@@ -190,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m freezepolicy.demo.digits", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="figure path (out/demo.png)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="figure path (out/demo_digits.png)"
+    )
     args = parser.parse_args(argv)
     if not (POLICY_DIR / TWO_PHASE).is_file():
         print(f"demo: {POLICY_DIR / TWO_PHASE} not found: run it from a checkout", file=sys.stderr)
