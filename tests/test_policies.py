@@ -217,15 +217,15 @@ def test_minilm_policies_train_what_they_say():
         assert found["head.weight"].lr.of(1e-4) == pytest.approx(3e-3)
 
 
-def test_minilm_gradual_unfreezes_from_the_top_every_16_steps():
+def test_minilm_gradual_unfreezes_from_the_top_every_10_steps():
     expected = [
         (0, HEAD),
-        (15, HEAD),
-        (16, HEAD | {"blocks 4-5"}),
-        (32, HEAD | {"blocks 2-5"}),
-        (47, HEAD | {"blocks 2-5"}),
-        (48, {"everything"}),
-        (63, {"everything"}),
+        (9, HEAD),
+        (10, HEAD | {"blocks 4-5"}),
+        (20, HEAD | {"blocks 2-5"}),
+        (29, HEAD | {"blocks 2-5"}),
+        (30, {"everything"}),
+        (39, {"everything"}),
     ]
     _, found = minilm_trainable("minilm_gradual.freeze")
     names = set(found)

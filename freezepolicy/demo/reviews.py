@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from freezepolicy import Policy, load
 
 from . import POLICY_DIR
@@ -62,11 +64,14 @@ class DemoSettings:
     """Everything that decides the numbers. The sizes are what fits the five runs into three
     minutes on two busy CPU cores; nothing was chosen by looking at test accuracy."""
 
-    train_snippets: int = 1024  # 64 steps of 16: the step clock of minilm_gradual.freeze
-    val_snippets: int = 200
-    test_snippets: int = 600
+    train_snippets: int = 640  # 40 steps of 16: the step clock of minilm_gradual.freeze
+    val_snippets: int = 160
+    test_snippets: int = 480
     #: Tokens per snippet, [CLS] and [SEP] included; longer snippets are cut (about 30% are).
     max_tokens: int = 32
+    #: torch threads. One: on 2 cores that other jobs also use, two threads wait for each other
+    #: and an epoch takes longer than with one (1.3-1.7x in our measurements, docs/demo.md).
+    threads: int = 1
     train: TrainSettings = field(default_factory=TrainSettings)
 
 
@@ -134,7 +139,8 @@ def run_one(
     tested once."""
     train_data, val_data, test_data = data
     log(f"\n{spec.name}: policy {spec.policy}, {spec.init} weights")
-    log("    " + "\n    ".join(policy.text.strip().splitlines()))
+    statements = [line for line in policy.text.splitlines() if line.strip()[:1] not in ("", "#")]
+    log("    " + "\n    ".join(statements))  # the policy without its comments
     model = build_classifier(spec.init, settings.train.seed)
     history = train(spec.name, model, policy, train_data, val_data, settings.train, log)
     started = time.perf_counter()
@@ -176,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"demo: {POLICY_DIR / missing[0]} not found: run it from a checkout", file=sys.stderr)
         return 2
+    torch.set_num_threads(settings.threads)
     started = time.perf_counter()
 
     def log(line: str) -> None:
