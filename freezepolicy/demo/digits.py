@@ -37,6 +37,7 @@ from .digits_runs import (
     transfer_experiment,
     two_phase_experiment,
 )
+from .report import format_table
 
 DEFAULT_OUT = Path("out") / "demo_digits.png"
 
@@ -56,16 +57,7 @@ def results_table(runs: Sequence[Run]) -> str:
         )
         for r in runs
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    left = 3  # text columns left-aligned, numbers right-aligned
-
-    def fmt(row: Sequence[str]) -> str:
-        return "  ".join(
-            cell.ljust(w) if i < left else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+    return format_table(header, rows, left=3)  # run, policy, task: text; the rest numbers
 
 
 def phases_table(runs: Sequence[Run]) -> str:

@@ -97,8 +97,13 @@ def results_table(results: Sequence[RunResult]) -> str:
         )
         for r in results
     ]
+    return format_table(header, rows, left=3)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
+    """A plain-text table: the first `left` columns left-aligned (text), the others
+    right-aligned (numbers), a rule under the header."""
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    left = 3
 
     def fmt(row: Sequence[str]) -> str:
         return "  ".join(
