@@ -24,6 +24,8 @@ from freezepolicy.runtime.modelinfo import inspect_model  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
 
+#: The review demo's classifier, built from the installed model package's config.json.
+MINILM = "freezepolicy.demo.minilm:minilm_classifier"
 #: Each example policy and the models it is written for (linted together: see docs/cli.md).
 MODELS = {
     "resnet_head_only.freeze": [["torchvision:resnet18"], ["torchvision:resnet50"]],
@@ -40,6 +42,10 @@ MODELS = {
     "mlp_head_only.freeze": [["freezepolicy.demo.digits_runs:mlp"]],
     # What it trains is checked against PEFT's own choice in tests/test_peft.py.
     "lora.freeze": [["tests.peft_factories:lora_bert"]],
+    "minilm_full.freeze": [[MINILM]],
+    "minilm_head_only.freeze": [[MINILM]],
+    "minilm_last2.freeze": [[MINILM]],
+    "minilm_gradual.freeze": [[MINILM]],
 }
 
 _built: dict[str, nn.Module] = {}
@@ -51,10 +57,10 @@ def model(spec: str) -> nn.Module:
     return _built[spec]
 
 
-def decisions(policy_name: str, spec: str, epoch: int = 0):
+def decisions(policy_name: str, spec: str, epoch: int = 0, step: int = 0):
     info = inspect_model(model(spec))
     policy = load(POLICIES / policy_name)
-    return info, policy.resolve(info.names, epoch=epoch, module_types=info.module_types)
+    return info, policy.resolve(info.names, epoch=epoch, step=step, module_types=info.module_types)
 
 
 def test_every_policy_is_covered():
@@ -183,3 +189,55 @@ def test_shared_lint_reports_only_what_holds_for_every_model(capsys):
     both = ["lint", "--model", "transformers:llama-3-8b", "--model", "torchvision:resnet18"]
     assert main([*both, policy]) == 0
     assert capsys.readouterr().out == ""
+
+
+def minilm_trainable(name: str, step: int = 0) -> tuple[set[str], dict]:
+    _, found = decisions(name, MINILM, step=step)
+    return {n for n, d in found.items() if d.trainable}, found
+
+
+def minilm_blocks(names, blocks) -> set[str]:
+    prefixes = [["bert", "encoder", "layer", str(b)] for b in blocks]
+    return {n for n in names if n.split(".")[:4] in prefixes}
+
+
+HEAD = {"head.weight", "head.bias"}
+
+
+def test_minilm_policies_train_what_they_say():
+    full, found = minilm_trainable("minilm_full.freeze")
+    names = set(found)
+    assert full == names and len(names) == 103
+    head_only, _ = minilm_trainable("minilm_head_only.freeze")
+    assert head_only == HEAD
+    last2, _ = minilm_trainable("minilm_last2.freeze")
+    assert last2 == HEAD | minilm_blocks(names, (4, 5))
+    # Every policy gives the new head 3e-3 and leaves the rest at the optimizer's base rate.
+    for policy in ("minilm_full.freeze", "minilm_head_only.freeze", "minilm_last2.freeze"):
+        _, found = minilm_trainable(policy)
+        assert {n for n, d in found.items() if d.lr is not None} == HEAD
+        assert found["head.weight"].lr.of(1e-4) == pytest.approx(3e-3)
+
+
+def test_minilm_gradual_unfreezes_from_the_top_every_10_steps():
+    expected = [
+        (0, HEAD),
+        (9, HEAD),
+        (10, HEAD | {"blocks 4-5"}),
+        (20, HEAD | {"blocks 2-5"}),
+        (29, HEAD | {"blocks 2-5"}),
+        (30, {"everything"}),
+        (39, {"everything"}),
+    ]
+    _, found = minilm_trainable("minilm_gradual.freeze")
+    names = set(found)
+    spelled = {
+        "blocks 4-5": minilm_blocks(names, (4, 5)),
+        "blocks 2-5": minilm_blocks(names, (2, 3, 4, 5)),
+        "everything": names,
+    }
+    for step, parts in expected:
+        want = set().union(*(spelled.get(p, {p}) for p in parts))
+        got, found = minilm_trainable("minilm_gradual.freeze", step)
+        assert got == want, step
+        assert found["head.weight"].lr.of(1e-4) == pytest.approx(3e-3)

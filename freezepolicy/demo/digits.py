@@ -37,8 +37,9 @@ from .digits_runs import (
     transfer_experiment,
     two_phase_experiment,
 )
+from .report import format_table
 
-DEFAULT_OUT = Path("out") / "demo.png"
+DEFAULT_OUT = Path("out") / "demo_digits.png"
 
 
 def results_table(runs: Sequence[Run]) -> str:
@@ -56,16 +57,7 @@ def results_table(runs: Sequence[Run]) -> str:
         )
         for r in runs
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    left = 3  # text columns left-aligned, numbers right-aligned
-
-    def fmt(row: Sequence[str]) -> str:
-        return "  ".join(
-            cell.ljust(w) if i < left else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+    return format_table(header, rows, left=3)  # run, policy, task: text; the rest numbers
 
 
 def phases_table(runs: Sequence[Run]) -> str:
@@ -190,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m freezepolicy.demo.digits", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="figure path (out/demo.png)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="figure path (out/demo_digits.png)"
+    )
     args = parser.parse_args(argv)
     if not (POLICY_DIR / TWO_PHASE).is_file():
         print(f"demo: {POLICY_DIR / TWO_PHASE} not found: run it from a checkout", file=sys.stderr)

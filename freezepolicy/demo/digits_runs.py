@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from freezepolicy import FreezeScheduler, Policy, param_groups
 
-#: The policies/ folder of the checkout this module lives in.
-POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
+from . import POLICY_DIR as POLICY_DIR  # the demos' one policies/ folder, re-exported
+
 TWO_PHASE = "mlp_two_phase.freeze"
 HEAD_ONLY = "mlp_head_only.freeze"
 
