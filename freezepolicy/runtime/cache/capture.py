@@ -113,7 +113,9 @@ class Capture:
     root: fx.GraphModule  # holds whatever the graph's get_attr nodes refer to
     placeholders: dict[str, Placeholder]
     out_spec: Any
-    batch_symbol: Any  # the sympy symbol of the batch size, or None when export kept it static
+    #: The sympy symbols of the inputs' batch sizes (export gives each input its own; the cache
+    #: makes sure they are equal); empty when export kept the batch size static.
+    batch_symbols: frozenset[Any]
     seconds: float
     partitions: dict[tuple[bool, ...], Any] = field(default_factory=dict)
 
@@ -156,7 +158,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
         root=ep.graph_module,
         placeholders=placeholders,
         out_spec=_out_spec(ep),
-        batch_symbol=_batch_symbol(graph, placeholders),
+        batch_symbols=_batch_symbols(graph, placeholders),
         seconds=time.perf_counter() - started,
     )
 
@@ -195,14 +197,16 @@ def _placeholders(ep: ExportedProgram, model: nn.Module) -> dict[str, Placeholde
     return out
 
 
-def _batch_symbol(graph: fx.Graph, placeholders: dict[str, Placeholder]) -> Any:
-    """The symbol of the batch size, taken from the first tensor input; None if static."""
+def _batch_symbols(graph: fx.Graph, placeholders: dict[str, Placeholder]) -> frozenset[Any]:
+    """The symbols of the tensor inputs' first dimensions (static ones are left out)."""
+    out = set()
     for node in graph.nodes:
         p = placeholders.get(node.name)
         if node.op == "placeholder" and p is not None and p.kind == "input":
             size = node.meta["val"].shape[0]
-            return size.node.expr if isinstance(size, torch.SymInt) else None
-    return None
+            if isinstance(size, torch.SymInt):
+                out.add(size.node.expr)
+    return frozenset(out)
 
 
 # --- in-place writes ----------------------------------------------------------------------------

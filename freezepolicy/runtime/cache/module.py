@@ -206,7 +206,7 @@ class CachedModule(nn.Module):
         result: Capture | CaptureError
         try:
             result = capture(self._orig_mod, args, kwargs)
-            if result.batch_symbol is None and batch > 1:
+            if not result.batch_symbols and batch > 1:
                 raise CaptureError("torch.export fixed the batch size (the model's code does)")
             result.classifier = Classifier(result, self.frozen_dropout)  # type: ignore[attr-defined]
             result.id = next(_ids)  # type: ignore[attr-defined]

@@ -58,6 +58,30 @@ META_OPS = frozenset(
         torch.ops.aten.sym_storage_offset.default,
     }
 )
+ARANGES = frozenset(
+    {
+        torch.ops.aten.arange.default,
+        torch.ops.aten.arange.start,
+        torch.ops.aten.arange.start_step,
+    }
+)
+#: Views that keep each row where it was (for following `arange(batch)`).
+VIEWS = frozenset(
+    {
+        torch.ops.aten.unsqueeze.default,
+        torch.ops.aten.slice.Tensor,
+        torch.ops.aten.view.default,
+        torch.ops.aten.reshape.default,
+        torch.ops.aten.expand.default,
+        torch.ops.aten._to_copy.default,
+        torch.ops.aten.to.dtype,
+        torch.ops.aten.to.dtype_layout,
+        torch.ops.aten.to.device,
+    }
+)
+#: Ops with a `dim` argument that may name dimension 0 without mixing samples: a slice along
+#: it either keeps every row (a no-op) or changes the size, which the shape check catches.
+ALONG_DIM0_OK = frozenset({torch.ops.aten.slice.Tensor})
 NORM_WITH_STATS = {  # op -> position of its `training` / `use_input_stats` flag
     torch.ops.aten.batch_norm.default: 5,
     torch.ops.aten.instance_norm.default: 5,
@@ -68,9 +92,11 @@ NORM_WITH_STATS = {  # op -> position of its `training` / `use_input_stats` flag
 class NodeInfo:
     trainable: bool = False  # depends on a trainable tensor
     reason: str | None = None  # why it cannot be cached (here or upstream)
-    input: bool = False  # depends on the call's tensor inputs
+    input: bool = False  # depends on the data of the call's tensor inputs
     state: bool = False  # depends on a frozen parameter, buffer or constant
     turned_off: bool = False  # a random op turned off (eval) in the frozen part
+    iota: bool = False  # `arange(batch)` and views of it: each sample's own index
+    position: bool = False  # depends on positions in the batch in some other way
 
     @property
     def live(self) -> bool:
@@ -114,7 +140,7 @@ def _random_reason(node: fx.Node) -> str | None:
     if not isinstance(target, torch._ops.OpOverload):
         return None
     if target is SDPA:
-        p = node.args[3] if len(node.args) > 3 else node.kwargs.get("dropout_p", 0.0)
+        p = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p", 0.0)
         return f"attention with dropout_p={p}" if p else None
     if target in DROPOUTS:
         train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train", True)
@@ -156,37 +182,34 @@ class Classifier:
                 if base.op == "placeholder":
                     self.mutated.add(base)
 
-    def _batch_ok(self, size: Any, batch: Any) -> bool:
-        """Whether a first dimension of `size` keeps samples apart (the batch, or k rows per
-        sample in batch-major order)."""
-        if isinstance(size, torch.SymInt):
-            if batch is None:
-                return False
-            q = sympy.simplify(size.node.expr / batch)
-            return bool(q.is_Integer and q > 0)
-        return batch is None and self.capture.batch_symbol is None  # a static batch of one
+    def _batch_ok(self, size: Any) -> bool:
+        """Whether a first dimension of `size` keeps samples apart: the batch, or k rows per
+        sample in batch-major order (`view(batch * k, ...)`)."""
+        symbols = self.capture.batch_symbols
+        if not isinstance(size, torch.SymInt):
+            return not symbols  # a capture of a batch of one: nothing to mix
+        expr = size.node.expr
+        for b in symbols:
+            q = sympy.simplify(expr / b)
+            if q.is_Integer and q > 0:
+                return True
+        return False
 
-    def _mixing(self, node: fx.Node, info: dict[fx.Node, NodeInfo]) -> str | None:
-        """Why `node` (which depends on the input) is not a per-sample function, or None."""
+    def _mixing(self, node: fx.Node) -> str | None:
+        """Why `node` (which depends on the input's data) is not a per-sample function."""
         target = node.target
         flag = NORM_WITH_STATS.get(target)  # type: ignore[call-overload]
         if flag is not None and len(node.args) > flag and node.args[flag]:
             if target is torch.ops.aten.batch_norm.default:
                 return "a BatchNorm in training mode (batch statistics)"
             return "a normalization layer updating running statistics"
-        if target in META_OPS:
-            return None
-        batch = self.capture.batch_symbol
         val = node.meta.get("val")
-        vals = val if isinstance(val, (tuple, list)) else [val]
-        for v in vals:
-            if v is None and target in ASSERTS:
-                continue
+        for v in val if isinstance(val, (tuple, list)) else [val]:
             if not isinstance(v, torch.Tensor):
                 return f"{target} gives a non-tensor value computed from the input"
-            if v.dim() == 0 or not self._batch_ok(v.shape[0], batch):
+            if v.dim() == 0 or not self._batch_ok(v.shape[0]):
                 return f"{target} mixes or moves the batch dimension"
-        if isinstance(target, torch._ops.OpOverload):
+        if isinstance(target, torch._ops.OpOverload) and target not in ALONG_DIM0_OK:
             first = next((a for a in node.args if isinstance(a, fx.Node)), None)
             rank = first.meta["val"].dim() if first is not None and _is_tensor(first) else None
             for arg, value in zip(target._schema.arguments, node.args, strict=False):
@@ -194,27 +217,54 @@ class Classifier:
                     return f"{target} works along the batch dimension"
         return None
 
+    def _positions(self, n: fx.Node, info: dict[fx.Node, NodeInfo], i: NodeInfo) -> None:
+        """Track `arange(batch)`: as the batch index of `x[idx, ...]` it selects each sample's
+        own row (HF's mask code does this); any other use makes a value position-dependent."""
+        ins = _inputs(n)
+        target = n.target
+        if target in ARANGES and not ins_data(ins, info) and _is_tensor(n):
+            if self._batch_ok(n.meta["val"].shape[0]) and self.capture.batch_symbols:
+                start = n.args[0] if target is not torch.ops.aten.arange.default else 0
+                step = n.args[2] if len(n.args) > 2 else 1
+                if start == 0 and step == 1:
+                    i.iota = True
+                else:
+                    i.position = True
+            return
+        if target in VIEWS and ins and info[ins[0]].iota:
+            i.iota = True
+            return
+        if target is torch.ops.aten.index.Tensor:
+            indices = n.args[1] if len(n.args) > 1 else []
+            first = indices[0] if indices else None  # type: ignore[index]
+            rest = [a for a in ins if a is not first and a is not n.args[0]]
+            own = isinstance(first, fx.Node) and info[first].iota
+            if own and not any(info[a].iota or info[a].position for a in rest):
+                i.position = info[n.args[0]].position  # type: ignore[index]
+                return
+        i.position = any(info[a].iota or info[a].position for a in ins)
+
     def classify(self, trainable: Collection[str]) -> dict[fx.Node, NodeInfo]:
         info: dict[fx.Node, NodeInfo] = {}
         for n in self.capture.graph.nodes:
             if n.op == "placeholder":
                 p = self.capture.placeholders[n.name]
-                i = NodeInfo(
+                info[n] = NodeInfo(
                     trainable=n.name in trainable,
                     input=p.kind == "input",
                     state=p.kind in ("param", "buffer", "constant"),
                 )
-                info[n] = i
                 continue
             if n.op == "output":
                 continue
             ins = [info[a] for a in _inputs(n)]
-            i = NodeInfo(
-                trainable=any(x.trainable for x in ins),
-                input=any(x.input for x in ins),
-                state=any(x.state for x in ins),
-            )
+            i = NodeInfo(trainable=any(x.trainable for x in ins))
             info[n] = i
+            if n.target in META_OPS or n.target in ASSERTS:
+                continue  # a size (shapes are what the capture is for), or a check: not data
+            i.input = any(x.input for x in ins)
+            i.state = any(x.state for x in ins)
+            self._positions(n, info, i)
             if i.trainable:
                 continue
             upstream = next((x.reason for x in ins if x.reason), None)
@@ -226,16 +276,18 @@ class Classifier:
                 continue
             random = _random_reason(n)
             if random:
-                # Turned off only if it feeds the frozen part (decided below, once users are
-                # known); for now it is a candidate.
+                # Turned off in the frozen part; `_keep_head_dropout` gives back to the live part
+                # the ones only it reads.
                 i.turned_off = self.frozen_dropout == "eval" and (
                     n.target in DROPOUTS or n.target is SDPA
                 )
                 if not i.turned_off:
                     i.reason = f"{_where(n)} is random: {random}"
                     continue
-            if i.input:
-                mixing = self._mixing(n, info)
+            if i.input and i.position:
+                i.reason = f"{_where(n)} depends on the sample's position in the batch"
+            elif i.input:
+                mixing = self._mixing(n)
                 if mixing:
                     i.reason = f"{_where(n)}: {mixing}"
         self._keep_head_dropout(info)
@@ -297,6 +349,10 @@ class Classifier:
         )
 
 
+def ins_data(ins: list[fx.Node], info: dict[fx.Node, NodeInfo]) -> bool:
+    return any(info[a].input for a in ins)
+
+
 def _is_tensor(node: fx.Node) -> bool:
     return isinstance(node.meta.get("val"), torch.Tensor)
 
@@ -330,8 +386,8 @@ def _copy(
         env[n] = graph.node_copy(n, env.__getitem__)
         if info[n].turned_off and n.target is SDPA:
             new = env[n]
-            if len(new.args) > 3:
-                new.args = (*new.args[:3], 0.0, *new.args[4:])
+            if len(new.args) > 4:
+                new.args = (*new.args[:4], 0.0, *new.args[5:])
             else:
                 new.kwargs = {**new.kwargs, "dropout_p": 0.0}
     graph.output(tuple(env[o] if isinstance(o, fx.Node) else o for o in outputs))
