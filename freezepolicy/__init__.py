@@ -25,6 +25,7 @@ from .version import __version__
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
     from .integrations.loop import FreezeScheduler
     from .runtime.apply import apply_policy
+    from .runtime.cache import CachedModule, CacheStats, cache_frozen
     from .runtime.groups import group_lrs, param_groups
     from .runtime.report import ApplyReport
 
@@ -35,6 +36,9 @@ _LAZY = {
     "param_groups": "freezepolicy.runtime.groups",
     "group_lrs": "freezepolicy.runtime.groups",
     "FreezeScheduler": "freezepolicy.integrations.loop",
+    "cache_frozen": "freezepolicy.runtime.cache",
+    "CachedModule": "freezepolicy.runtime.cache",
+    "CacheStats": "freezepolicy.runtime.cache",
 }
 
 
@@ -52,6 +56,8 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ApplyReport",
     "BoundPolicy",
+    "CacheStats",
+    "CachedModule",
     "Decision",
     "Diagnostic",
     "FreezeScheduler",
@@ -63,6 +69,7 @@ __all__ = [
     "Rate",
     "__version__",
     "apply_policy",
+    "cache_frozen",
     "group_lrs",
     "load",
     "param_groups",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 import warnings
 from collections.abc import Hashable, Mapping
@@ -199,7 +200,7 @@ class CachedModule(nn.Module):
         self._reasons[message] = None
         if message not in self._warned:
             self._warned.add(message)
-            warnings.warn(f"freezepolicy.cache_frozen: {message}", stacklevel=4)
+            warnings.warn(f"freezepolicy.cache_frozen: {message}", stacklevel=_user_frame())
 
     def _capture(self, key: Hashable, args: Any, kwargs: Any, batch: int) -> Capture | CaptureError:
         started = time.perf_counter()
@@ -293,6 +294,18 @@ class CachedModule(nn.Module):
             for i, row in zip(missing, _per_sample(value, len(missing)), strict=True):
                 self._store.put(slot, keys[i], row.clone())
         return list(outs)
+
+
+_INSIDE = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
+
+
+def _user_frame() -> int:
+    """The stacklevel of the first frame outside torch and freezepolicy.runtime: the user's
+    call of the model, which is where a warning about that call belongs."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INSIDE):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
 
 
 def _per_sample(value: torch.Tensor, n: int) -> list[torch.Tensor]:

@@ -271,6 +271,10 @@ class Classifier:
             if upstream:
                 i.reason = upstream
                 continue
+            flag = NORM_WITH_STATS.get(n.target)  # type: ignore[call-overload]
+            if i.input and flag is not None and len(n.args) > flag and n.args[flag]:
+                i.reason = f"{_where(n)}: {self._mixing(n)}"
+                continue
             if any(base_of(a) in self.mutated for a in _inputs(n)):
                 i.reason = f"{_where(n)} reads or writes a buffer the forward changes"
                 continue
