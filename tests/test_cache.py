@@ -147,9 +147,20 @@ def test_batch_norm_in_training_mode_in_the_frozen_part_is_not_cached() -> None:
     assert (s.hits, s.bytes) == (4, 4 * 8 * 8 * 8 * 4)
 
 
-def test_inputs_without_a_batch_dimension_run_uncached_with_a_warning() -> None:
-    model = nn.Linear(3, 3)
+class _Shifted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) + shifts.sum(0)
+
+
+def test_inputs_without_a_common_batch_dimension_run_uncached_with_a_warning() -> None:
+    model = _Shifted().requires_grad_(False)
     cached = freezepolicy.cache_frozen(model)
-    with pytest.warns(UserWarning, match="runs uncached: a tensor input has no batch dimension"):
-        out = cached(torch.tensor(1.0).expand(3))
-    assert torch.equal(out, model(torch.tensor(1.0).expand(3)))
+    x, shifts = torch.randn(4, 3), torch.randn(2, 3)
+    with pytest.warns(UserWarning, match=r"runs uncached: .*differ in their first dimension"):
+        out = cached(x, shifts)
+    assert torch.equal(out, model(x, shifts))
+    assert cached.stats().uncached_calls == 1
