@@ -94,9 +94,8 @@ class NoisyMLP(nn.Module):
 
 
 def tiny_bert(layers: int = 3) -> nn.Module:
-    from transformers import BertForSequenceClassification
-
     from model_factories import tiny_bert_config
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
     return BertForSequenceClassification(

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-import freezepolicy
-
 from cache_models import (
     DropoutMLP,
     NoisyMLP,
@@ -25,6 +21,9 @@ from cache_models import (
     train_twins,
     twins,
 )
+from torch import nn
+
+import freezepolicy
 
 
 def _resnet(policy: str) -> nn.Module:
@@ -164,3 +163,34 @@ def test_inputs_without_a_common_batch_dimension_run_uncached_with_a_warning() -
         out = cached(x, shifts)
     assert torch.equal(out, model(x, shifts))
     assert cached.stats().uncached_calls == 1
+
+
+class _Flattened(nn.Module):
+    """Flattens (batch, tokens) into rows, as GPT-2's Conv1D does: a cached value with k rows
+    per sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, h = x.shape
+        rows = torch.relu(self.a(x.reshape(b * t, h)))
+        return self.b(rows).view(b, t, 2).sum(1)
+
+
+def test_values_with_several_rows_per_sample_are_cached_per_sample() -> None:
+    torch.manual_seed(0)
+    model = _Flattened()
+    model.a.requires_grad_(False)
+    ref, cached = twins(model)
+    x, y = torch.randn(6, 3, 4), torch.randint(0, 2, (6,))
+    order = [
+        [(x[:3], y[:3]), (x[3:], y[3:])],
+        [(x[[4, 0, 2]], y[[4, 0, 2]]), (x[[1, 5, 3]], y[[1, 5, 3]])],
+    ]
+    a, b = train_twins(ref, cached, order)
+    assert_same_runs(a, b, exact=False)
+    s = cached.stats()
+    assert (s.misses, s.hits, s.bytes) == (6, 6, 6 * 3 * 4 * 4)  # 3 rows of 4 floats each

@@ -8,12 +8,6 @@ import copy
 
 import pytest
 import torch
-from model_factories import MLP
-from torch import nn
-
-import freezepolicy
-from freezepolicy.runtime.cache.store import Store
-
 from cache_models import (
     TinyResNet,
     assert_same_runs,
@@ -23,6 +17,11 @@ from cache_models import (
     train_twins,
     twins,
 )
+from model_factories import MLP
+from torch import nn
+
+import freezepolicy
+from freezepolicy.runtime.cache.store import Store
 
 SCHEDULE = "freeze *\nunfreeze fc\nunfreeze layer2 at epoch 1\nfreeze layer2 at epoch 2\n"
 

@@ -88,10 +88,8 @@ def model_state(model: nn.Module) -> tuple[tuple[bool, ...], tuple[int, ...]]:
     ids: list[int] = []
     for m in model.modules():
         modes.append(m.training and not (m._forward_pre_hooks and norm.is_held(m)))
-        for t in m._parameters.values():
-            ids.append(id(t))
-        for t in m._buffers.values():
-            ids.append(id(t))
+        ids.extend(map(id, m._parameters.values()))
+        ids.extend(map(id, m._buffers.values()))
     return tuple(modes), tuple(ids)
 
 
@@ -101,7 +99,7 @@ class Placeholder:
 
     name: str
     kind: str  # "param", "buffer", "constant", "input" (a tensor input), "value" (a non-tensor)
-    tensor: torch.Tensor | None = None  # the model's own tensor (param, buffer, constant)
+    tensor: Any = None  # the model's own tensor (param, buffer, constant), else None
     leaf: int = -1  # index among the flattened inputs (input, value)
 
 

@@ -24,8 +24,8 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -263,9 +263,11 @@ class CachedModule(nn.Module):
         out = []
         for j in range(nb):
             col = found[j]
-            rows = {i: r for i, r in zip(missing, _per_sample(fresh[j], len(missing)))} if missing else {}
-            parts = [rows[i] if i in rows else col[i] for i in range(batch)]
-            out.append(_join(parts))  # type: ignore[arg-type]
+            if missing:
+                rows = _per_sample(fresh[j], len(missing), part.grouped[j])
+                for i, row in zip(missing, rows, strict=True):
+                    col[i] = row
+            out.append(_join(col, part.grouped[j]))  # type: ignore[arg-type]
         return out
 
     def _fill(
@@ -275,7 +277,7 @@ class CachedModule(nn.Module):
         leaves: tuple[Any, ...],
         batch: int,
         missing: list[int],
-        slots: list[Hashable],
+        slots: Sequence[Hashable],
         keys: list[bytes],
     ) -> list[torch.Tensor]:
         """Run the frozen graph on the missing samples and store what it computes."""
@@ -290,8 +292,8 @@ class CachedModule(nn.Module):
         assert part.frozen is not None
         with torch.no_grad():
             outs = part.frozen(*(_value(p, leaves) for p in part.frozen_inputs))
-        for slot, value in zip(slots, outs, strict=True):
-            for i, row in zip(missing, _per_sample(value, len(missing)), strict=True):
+        for slot, value, grouped in zip(slots, outs, part.grouped, strict=True):
+            for i, row in zip(missing, _per_sample(value, len(missing), grouped), strict=True):
                 self._store.put(slot, keys[i], row.clone())
         return list(outs)
 
@@ -308,15 +310,17 @@ def _user_frame() -> int:
     return level
 
 
-def _per_sample(value: torch.Tensor, n: int) -> list[torch.Tensor]:
+def _per_sample(value: torch.Tensor, n: int, grouped: bool) -> list[torch.Tensor]:
     """A batch-major value split into one piece per sample (k rows each when dim 0 is n * k)."""
-    if value.shape[0] == n:
+    if not grouped:
         return list(value.unbind(0))
     return list(value.unflatten(0, (n, -1)).unbind(0))
 
 
-def _join(rows: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(rows)
+def _join(rows: list[torch.Tensor], grouped: bool) -> torch.Tensor:
+    """Per-sample pieces back into a batch (the inverse of `_per_sample`)."""
+    joined = torch.stack(rows)
+    return joined.flatten(0, 1) if grouped else joined
 
 
 def _value(p: Any, leaves: tuple[Any, ...]) -> Any:
@@ -353,7 +357,10 @@ def _anticipated_sets(
         try:
             decisions = bound.resolve(epoch=epoch, step=step)
         except PolicyError as exc:  # a warm-up that needs steps_per_epoch: trainability is known
-            warnings.warn(f"freezepolicy.cache_frozen: cannot anticipate {policy.source}: {exc}")
+            warnings.warn(
+                f"freezepolicy.cache_frozen: cannot anticipate {policy.source}: {exc}",
+                stacklevel=3,
+            )
             continue
         sets.append(
             {
@@ -391,4 +398,4 @@ def cache_frozen(
     )
 
 
-__all__ = ["CacheStats", "CachedModule", "cache_frozen", "replace"]
+__all__ = ["CacheStats", "CachedModule", "cache_frozen"]

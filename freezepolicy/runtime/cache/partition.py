@@ -21,7 +21,6 @@ for any other random op, the op and what follows it are live, and `reasons` says
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +126,9 @@ class Partition:
     #: For each stored value: the frozen tensors it is computed from (its cache is valid while
     #: they are the same tensors with the same versions).
     sources: list[list[torch.Tensor]] = field(default_factory=list)
+    #: For each stored value: whether its first dimension is batch x k rows (k per sample),
+    #: not the batch itself.
+    grouped: list[bool] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
 
@@ -357,6 +359,12 @@ def ins_data(ins: list[fx.Node], info: dict[fx.Node, NodeInfo]) -> bool:
     return any(info[a].input for a in ins)
 
 
+def _grouped(size: Any, symbols: frozenset[Any]) -> bool:
+    if isinstance(size, torch.SymInt):
+        return size.node.expr not in symbols
+    return size != 1  # a capture of a batch of one
+
+
 def _is_tensor(node: fx.Node) -> bool:
     return isinstance(node.meta.get("val"), torch.Tensor)
 
@@ -453,12 +461,9 @@ def build(
     live = _copy(
         [n for n in order if n in live_nodes], boundary + live_ph, outputs, info, capture.root
     )
-    sources = []
-    for n in stored:
-        sources.append(
-            [ph[a.name].tensor for a in _ancestors(n, info) if a.op == "placeholder"]
-            + []  # keeps the list a fresh one per value
-        )
+    sources = [
+        [ph[a.name].tensor for a in _ancestors(n, info) if a.op == "placeholder"] for n in stored
+    ]
     return Partition(
         trainable=trainable_flags,
         stored=[n.name for n in stored],
@@ -468,9 +473,7 @@ def build(
         live=live,
         live_inputs=[*range(len(boundary)), *(ph[n.name] for n in live_ph)],
         sources=[[t for t in s if t is not None] for s in sources],
+        grouped=[_grouped(n.meta["val"].shape[0], capture.batch_symbols) for n in stored],
         reasons=cut.reasons,
     )
 
-
-def getitem_of(node: fx.Node) -> bool:
-    return node.target is operator.getitem
