@@ -25,7 +25,6 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sympy
 import torch
 from torch import fx
 
@@ -190,12 +189,9 @@ class Classifier:
         symbols = self.capture.batch_symbols
         if not isinstance(size, torch.SymInt):
             return not symbols  # a capture of a batch of one: nothing to mix
-        expr = size.node.expr
-        for b in symbols:
-            q = sympy.simplify(expr / b)
-            if q.is_Integer and q > 0:
-                return True
-        return False
+        # `batch` or `k * batch` (sympy keeps a product of a number and a symbol as such).
+        coeff, rest = size.node.expr.as_coeff_Mul()
+        return rest in symbols and bool(coeff.is_Integer) and coeff > 0
 
     def _mixing(self, node: fx.Node) -> str | None:
         """Why `node` (which depends on the input's data) is not a per-sample function."""
