@@ -126,7 +126,9 @@ class CachedModule(nn.Module):
         """The model's state dict, with the model's own keys (no wrapper prefix)."""
         return self._orig_mod.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]  # noqa: E501
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:  # type: ignore[override]
         return self._orig_mod.load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- statistics ---------------------------------------------------------------------------
@@ -340,9 +342,7 @@ def _trainable_names(cap: Capture, leaves: tuple[Any, ...]) -> set[str]:
     return names
 
 
-def _anticipated_sets(
-    model: nn.Module, policy: Policy | str | os.PathLike[str]
-) -> list[set[int]]:
+def _anticipated_sets(model: nn.Module, policy: Policy | str | os.PathLike[str]) -> list[set[int]]:
     """The trainable sets (parameter ids) `policy` gives `model` at each of its moments."""
     from ...lang.api import load
     from ...lang.errors import PolicyError

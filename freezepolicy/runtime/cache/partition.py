@@ -337,7 +337,10 @@ class Classifier:
             {
                 i.reason
                 for n, i in info.items()
-                if i.reason and i.reason != "__live_random__" and i.input and not i.trainable
+                if i.reason
+                and i.reason != "__live_random__"
+                and i.input
+                and not i.trainable
                 # the origin of a reason: none of its inputs carries the same one
                 and not any(info[a].reason == i.reason for a in _inputs(n))
             }
@@ -472,4 +475,3 @@ def build(
         grouped=[_grouped(n.meta["val"].shape[0], capture.batch_symbols) for n in stored],
         reasons=cut.reasons,
     )
-
