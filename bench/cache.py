@@ -61,7 +61,7 @@ class Workload:
 def _resnet(quick: bool) -> Workload:
     import torchvision
 
-    size, n = (32, 32) if quick else (128, 2304)
+    size, n = (32, 16) if quick else (128, 2304)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, 3, size, size, generator=g)
     y = torch.randint(0, 1000, (n,), generator=g)
