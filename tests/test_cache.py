@@ -84,6 +84,10 @@ def test_bert_with_padding_mask_by_keyword_is_exact() -> None:
     # The mask is recomputed from `attention_mask` each step, not cached: one cached value
     # (block 1's output, 12 x 32 floats) per sample.
     assert s.bytes == 6 * 12 * 32 * 4
+    # Samples are identified by the inputs the frozen part reads: other labels still hit.
+    relabeled = {**halves[0], "labels": 1 - halves[0]["labels"]}
+    assert torch.equal(cached(**relabeled).loss, ref(**relabeled).loss)
+    assert (cached.stats().misses, cached.stats().hits) == (6, 15)
 
 
 def test_frozen_dropout_eval_turns_it_off_and_keeps_the_heads_dropout_random() -> None:

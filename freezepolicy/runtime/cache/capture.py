@@ -22,9 +22,10 @@ in), and the train/eval mode of every module (export bakes in dropout and BatchN
 from __future__ import annotations
 
 import inspect
+import itertools
 import operator
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,8 @@ from torch.export.graph_signature import InputKind, OutputKind, TensorArgument
 from torch.utils import _pytree as pytree
 
 from .. import norm
+
+_CAPTURE_IDS = itertools.count()
 
 
 class CaptureError(Exception):
@@ -116,6 +119,9 @@ class Capture:
     batch_symbols: frozenset[Any]
     seconds: float
     partitions: dict[tuple[bool, ...], Any] = field(default_factory=dict)
+    classifier: Any = None  # partition.Classifier, made once per capture
+    #: Distinguishes the cached values of different captures in the store.
+    id: int = field(default_factory=lambda: next(_CAPTURE_IDS))
 
     def params(self) -> list[Placeholder]:
         return [p for p in self.placeholders.values() if p.kind == "param"]
@@ -287,9 +293,3 @@ def out_of_place(op: Any) -> Any:
     if [a.name for a in overload._schema.arguments] != [a.name for a in op._schema.arguments]:
         return None
     return overload
-
-
-def tensor_nodes(graph: fx.Graph) -> Iterator[fx.Node]:
-    for n in graph.nodes:
-        if isinstance(n.meta.get("val"), torch.Tensor):
-            yield n

@@ -15,7 +15,7 @@ Tensors on an accelerator are copied to the CPU to be hashed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -68,6 +68,3 @@ def sample_keys(leaves: Sequence[Any], batch: int) -> list[bytes]:
             h.update(r[i])
         keys.append(h.digest())
     return keys
-
-
-KeyFunction = Callable[[Sequence[Any], int], list[bytes]]

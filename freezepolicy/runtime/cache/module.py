@@ -19,7 +19,6 @@ sample's content. Anything it cannot cache runs as the model would, with a warni
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 import time
@@ -40,7 +39,6 @@ from .store import Store
 
 #: Partitions kept per capture (one per trainable set seen); a schedule has a few.
 PARTITIONS_KEPT = 8
-_ids = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -211,8 +209,7 @@ class CachedModule(nn.Module):
             result = capture(self._orig_mod, args, kwargs)
             if not result.batch_symbols and batch > 1:
                 raise CaptureError("torch.export fixed the batch size (the model's code does)")
-            result.classifier = Classifier(result, self.frozen_dropout)  # type: ignore[attr-defined]
-            result.id = next(_ids)  # type: ignore[attr-defined]
+            result.classifier = Classifier(result, self.frozen_dropout)
         except CaptureError as exc:
             self._warn(f"caching is off for these inputs: {exc}")
             result = exc
@@ -231,7 +228,7 @@ class CachedModule(nn.Module):
             {p.name for p in cap.params() if id(p.tensor) in ids} | (names - _param_names(cap))
             for ids in self._anticipated
         ]
-        part = build(cap.classifier, flags, names, anticipate)  # type: ignore[attr-defined]
+        part = build(cap.classifier, flags, names, anticipate)
         for reason in part.reasons:
             self._warn(f"part of the frozen computation is not cached: {reason}")
         if len(cap.partitions) >= PARTITIONS_KEPT:
@@ -244,13 +241,18 @@ class CachedModule(nn.Module):
     ) -> list[torch.Tensor]:
         """The stored values the live graph reads, from the cache or computed for misses."""
         store = self._store
-        slots = [(cap.id, name) for name in part.stored]  # type: ignore[attr-defined]
+        slots = [(cap.id, name) for name in part.stored]
         for slot, sources in zip(slots, part.sources, strict=True):
             store.validate(slot, tuple((id(t), t._version, t.data_ptr()) for t in sources))
-        keys = sample_keys(leaves, batch)
+        # A sample is identified, for each value, by the inputs that value is computed from.
+        by_leaves: dict[tuple[int, ...], list[bytes]] = {}
+        for used in part.key_leaves:
+            if used not in by_leaves:
+                by_leaves[used] = sample_keys([leaves[i] for i in used], batch)
+        keys = [by_leaves[used] for used in part.key_leaves]
         nb = part.boundary
         found: list[list[torch.Tensor | None]] = [
-            [store.get(slot, k) for k in keys] for slot in slots[:nb]
+            [store.get(slot, k) for k in keys[j]] for j, slot in enumerate(slots[:nb])
         ]
         missing = [i for i in range(batch) if any(col[i] is None for col in found)]
         self._counts["hits"] += batch - len(missing)
@@ -280,23 +282,22 @@ class CachedModule(nn.Module):
         batch: int,
         missing: list[int],
         slots: Sequence[Hashable],
-        keys: list[bytes],
+        keys: list[list[bytes]],
     ) -> list[torch.Tensor]:
         """Run the frozen graph on the missing samples and store what it computes."""
         if len(missing) < batch:
             index = torch.tensor(missing)
+            read = {i for used in part.key_leaves for i in used}
             leaves = tuple(
-                leaf.index_select(0, index.to(leaf.device))
-                if isinstance(leaf, torch.Tensor)
-                else leaf
-                for leaf in leaves
+                leaf.index_select(0, index.to(leaf.device)) if i in read else leaf
+                for i, leaf in enumerate(leaves)
             )
         assert part.frozen is not None
         with torch.no_grad():
             outs = part.frozen(*(_value(p, leaves) for p in part.frozen_inputs))
-        for slot, value, grouped in zip(slots, outs, part.grouped, strict=True):
+        for slot, value, grouped, slot_keys in zip(slots, outs, part.grouped, keys, strict=True):
             for i, row in zip(missing, _per_sample(value, len(missing), grouped), strict=True):
-                self._store.put(slot, keys[i], row.clone())
+                self._store.put(slot, slot_keys[i], row.clone())
         return list(outs)
 
 

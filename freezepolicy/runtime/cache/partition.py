@@ -129,6 +129,9 @@ class Partition:
     #: not the batch itself.
     grouped: list[bool] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    #: For each stored value: the inputs (indices of flattened leaves) it is computed from,
+    #: which are what identifies a sample for it (not the labels, say).
+    key_leaves: list[tuple[int, ...]] = field(default_factory=list)
 
 
 def _inputs(node: fx.Node) -> list[fx.Node]:
@@ -460,8 +463,11 @@ def build(
     live = _copy(
         [n for n in order if n in live_nodes], boundary + live_ph, outputs, info, capture.root
     )
-    sources = [
-        [ph[a.name].tensor for a in _ancestors(n, info) if a.op == "placeholder"] for n in stored
+    ancestry = [[a for a in _ancestors(n, info) if a.op == "placeholder"] for n in stored]
+    sources = [[ph[a.name].tensor for a in nodes] for nodes in ancestry]
+    key_leaves = [
+        tuple(sorted(ph[a.name].leaf for a in nodes if ph[a.name].kind == "input"))
+        for nodes in ancestry
     ]
     return Partition(
         trainable=trainable_flags,
@@ -474,4 +480,5 @@ def build(
         sources=[[t for t in s if t is not None] for s in sources],
         grouped=[_grouped(n.meta["val"].shape[0], capture.batch_symbols) for n in stored],
         reasons=cut.reasons,
+        key_leaves=key_leaves,
     )
