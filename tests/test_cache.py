@@ -86,7 +86,11 @@ def test_bert_with_padding_mask_by_keyword_is_exact() -> None:
     assert s.bytes == 6 * 12 * 32 * 4
     # Samples are identified by the inputs the frozen part reads: other labels still hit.
     relabeled = {**halves[0], "labels": 1 - halves[0]["labels"]}
-    assert torch.equal(cached(**relabeled).loss, ref(**relabeled).loss)
+    losses = []
+    for side in (cached, ref):
+        torch.manual_seed(7)  # the live part's dropout
+        losses.append(side(**relabeled).loss)
+    assert torch.equal(*losses)
     assert (cached.stats().misses, cached.stats().hits) == (6, 15)
 
 
