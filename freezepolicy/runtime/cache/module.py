@@ -33,8 +33,9 @@ from torch.utils import _pytree as pytree
 
 from ...lang.policy import Policy
 from .capture import Capture, CaptureError, capture, flatten_inputs, model_state
+from .graphs import Partition, build
 from .keys import FAST, HASH_NAME, sample_keys
-from .partition import Classifier, Partition, build
+from .partition import Classifier
 from .store import Store
 
 #: Partitions kept per capture (one per trainable set seen); a schedule has a few.

@@ -21,14 +21,14 @@ for any other random op, the op and what follows it are live, and `reasons` says
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx
 
-from .capture import Capture, Placeholder, base_of, written_args
+from .capture import Capture, base_of, written_args
 
 #: Dropout ops of the graph that become the identity when turned off: (input, p, train).
 DROPOUTS = frozenset(
@@ -80,6 +80,8 @@ VIEWS = frozenset(
 #: Ops with a `dim` argument that may name dimension 0 without mixing samples: a slice along
 #: it either keeps every row (a no-op) or changes the size, which the shape check catches.
 ALONG_DIM0_OK = frozenset({torch.ops.aten.slice.Tensor})
+#: The reason of a random op that stays in the live part by design (not reported).
+LIVE_RANDOM = "random, read by the live part only"
 NORM_WITH_STATS = {  # op -> position of its `training` / `use_input_stats` flag
     torch.ops.aten.batch_norm.default: 5,
     torch.ops.aten.instance_norm.default: 5,
@@ -111,30 +113,7 @@ class Cut:
     reasons: list[str]  # why some frozen-looking part could not be cached (for the warning)
 
 
-@dataclass
-class Partition:
-    """The two graphs of one cut, and what the cache stores."""
-
-    trainable: tuple[bool, ...]
-    stored: list[str]  # names of the values the frozen graph returns (boundary first)
-    boundary: int  # how many of `stored` the live graph reads
-    frozen: fx.GraphModule | None
-    frozen_inputs: list[Placeholder]
-    live: fx.GraphModule
-    live_inputs: list[Placeholder | int]  # a placeholder, or the index of a boundary value
-    #: For each stored value: the frozen tensors it is computed from (its cache is valid while
-    #: they are the same tensors with the same versions).
-    sources: list[list[torch.Tensor]] = field(default_factory=list)
-    #: For each stored value: whether its first dimension is batch x k rows (k per sample),
-    #: not the batch itself.
-    grouped: list[bool] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    #: For each stored value: the inputs (indices of flattened leaves) it is computed from,
-    #: which are what identifies a sample for it (not the labels, say).
-    key_leaves: list[tuple[int, ...]] = field(default_factory=list)
-
-
-def _inputs(node: fx.Node) -> list[fx.Node]:
+def inputs_of(node: fx.Node) -> list[fx.Node]:
     return list(node.all_input_nodes)
 
 
@@ -221,7 +200,7 @@ class Classifier:
     def _positions(self, n: fx.Node, info: dict[fx.Node, NodeInfo], i: NodeInfo) -> None:
         """Track `arange(batch)`: as the batch index of `x[idx, ...]` it selects each sample's
         own row (HF's mask code does this); any other use makes a value position-dependent."""
-        ins = _inputs(n)
+        ins = inputs_of(n)
         target = n.target
         if target in ARANGES and not ins_data(ins, info) and _is_tensor(n):
             if self._batch_ok(n.meta["val"].shape[0]) and self.capture.batch_symbols:
@@ -258,7 +237,7 @@ class Classifier:
                 continue
             if n.op == "output":
                 continue
-            ins = [info[a] for a in _inputs(n)]
+            ins = [info[a] for a in inputs_of(n)]
             i = NodeInfo(trainable=any(x.trainable for x in ins))
             info[n] = i
             if n.target in META_OPS or n.target in ASSERTS:
@@ -276,7 +255,7 @@ class Classifier:
             if i.input and flag is not None and len(n.args) > flag and n.args[flag]:
                 i.reason = f"{_where(n)}: {self._mixing(n)}"
                 continue
-            if any(base_of(a) in self.mutated for a in _inputs(n)):
+            if any(base_of(a) in self.mutated for a in inputs_of(n)):
                 i.reason = f"{_where(n)} reads or writes a buffer the forward changes"
                 continue
             random = _random_reason(n)
@@ -306,13 +285,7 @@ class Classifier:
             if i.turned_off and n.users and all(info.get(u, NodeInfo()).live for u in n.users):
                 if n.target in DROPOUTS or n.target is SDPA:
                     i.turned_off = False
-                    i.reason = "__live_random__"
-        # Descendants of such an op are live too (they see its random output).
-        for n in self.nodes:
-            i = info[n]
-            if i.reason is None and not i.trainable:
-                if any(info[a].reason == "__live_random__" for a in _inputs(n)):
-                    i.reason = "__live_random__"
+                    i.reason = LIVE_RANDOM  # its users are live already, and so all below
 
     def cut(self, trainable: Collection[str]) -> Cut:
         info = self.classify(trainable)
@@ -326,13 +299,13 @@ class Classifier:
             if i.input and i.state and _is_tensor(node) and node.target not in META_OPS:
                 boundary[node] = None
                 return
-            for a in _inputs(node):
+            for a in inputs_of(node):
                 need(a)
             recompute[node] = None
 
         for n in self.nodes:
             if info[n].live and n.target not in ASSERTS:
-                for a in _inputs(n):
+                for a in inputs_of(n):
                     need(a)
         for a in self.output.all_input_nodes:
             need(a)
@@ -341,11 +314,11 @@ class Classifier:
                 i.reason
                 for n, i in info.items()
                 if i.reason
-                and i.reason != "__live_random__"
+                and i.reason != LIVE_RANDOM
                 and i.input
                 and not i.trainable
                 # the origin of a reason: none of its inputs carries the same one
-                and not any(info[a].reason == i.reason for a in _inputs(n))
+                and not any(info[a].reason == i.reason for a in inputs_of(n))
             }
         )
         order = {n: k for k, n in enumerate(self.capture.graph.nodes)}
@@ -361,12 +334,6 @@ def ins_data(ins: list[fx.Node], info: dict[fx.Node, NodeInfo]) -> bool:
     return any(info[a].input for a in ins)
 
 
-def _grouped(size: Any, symbols: frozenset[Any]) -> bool:
-    if isinstance(size, torch.SymInt):
-        return size.node.expr not in symbols
-    return size != 1  # a capture of a batch of one
-
-
 def _is_tensor(node: fx.Node) -> bool:
     return isinstance(node.meta.get("val"), torch.Tensor)
 
@@ -374,111 +341,3 @@ def _is_tensor(node: fx.Node) -> bool:
 def _names_dim0(value: Any, rank: int) -> bool:
     dims = value if isinstance(value, (list, tuple)) else [value]
     return any(isinstance(d, int) and d % rank == 0 for d in dims)
-
-
-# --- building the two graphs ----------------------------------------------------------------
-
-
-def _copy(
-    nodes: Iterable[fx.Node],
-    inputs: list[fx.Node],
-    outputs: list[Any],
-    info: dict[fx.Node, NodeInfo],
-    root: fx.GraphModule,
-) -> fx.GraphModule:
-    graph = fx.Graph()
-    env: dict[fx.Node, Any] = {}
-    for n in inputs:
-        env[n] = graph.placeholder(n.name)
-        env[n].meta = dict(n.meta)
-    for n in nodes:
-        if n in env:
-            continue
-        if info[n].turned_off and n.target in DROPOUTS:
-            env[n] = env[n.args[0]]  # type: ignore[index]
-            continue
-        env[n] = graph.node_copy(n, env.__getitem__)
-        if info[n].turned_off and n.target is SDPA:
-            new = env[n]
-            if len(new.args) > 4:
-                new.args = (*new.args[:4], 0.0, *new.args[5:])
-            else:
-                new.kwargs = {**new.kwargs, "dropout_p": 0.0}
-    graph.output(tuple(env[o] if isinstance(o, fx.Node) else o for o in outputs))
-    module = fx.GraphModule(root, graph)
-    return module
-
-
-def _ancestors(node: fx.Node, stop: dict[fx.Node, NodeInfo]) -> list[fx.Node]:
-    """Every node `node` is computed from (itself included), in graph order."""
-    seen: set[fx.Node] = set()
-    todo = [node]
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        todo.extend(_inputs(n))
-    return [n for n in stop if n in seen]
-
-
-def build(
-    classifier: Classifier,
-    trainable_flags: tuple[bool, ...],
-    trainable: Collection[str],
-    anticipate: Iterable[Collection[str]] = (),
-) -> Partition:
-    """The partition for `trainable` (placeholder names); values that the cuts for the trainable
-    sets in `anticipate` would cache are stored too when they are frozen now."""
-    capture = classifier.capture
-    cut = classifier.cut(trainable)
-    info = cut.info
-    stored = list(cut.boundary)
-    for other in anticipate:
-        for n in classifier.cut(other).boundary:
-            if n not in stored and not info[n].live and info[n].input and info[n].state:
-                stored.append(n)
-    order = list(capture.graph.nodes)
-    ph = capture.placeholders
-    # The frozen graph: everything the stored values are computed from.
-    needed: set[fx.Node] = set()
-    for n in stored:
-        needed.update(_ancestors(n, info))
-    frozen_inputs = [n for n in order if n.op == "placeholder" and n in needed]
-    frozen = None
-    if stored:
-        body = [n for n in order if n in needed and n.op != "placeholder"]
-        frozen = _copy(body, frozen_inputs, stored, info, capture.root)
-    # The live graph: the live nodes and the recomputed ones, reading the boundary.
-    boundary = cut.boundary
-    live_nodes = set(cut.recompute) | {
-        n for n in classifier.nodes if info[n].live and n.target not in ASSERTS
-    }
-    used: set[fx.Node] = set()
-    for n in live_nodes:
-        used.update(_inputs(n))
-    used.update(classifier.output.all_input_nodes)
-    live_ph = [n for n in order if n.op == "placeholder" and n in used]
-    outputs = list(classifier.output.args[0])  # type: ignore[arg-type]
-    live = _copy(
-        [n for n in order if n in live_nodes], boundary + live_ph, outputs, info, capture.root
-    )
-    ancestry = [[a for a in _ancestors(n, info) if a.op == "placeholder"] for n in stored]
-    sources = [[ph[a.name].tensor for a in nodes] for nodes in ancestry]
-    key_leaves = [
-        tuple(sorted(ph[a.name].leaf for a in nodes if ph[a.name].kind == "input"))
-        for nodes in ancestry
-    ]
-    return Partition(
-        trainable=trainable_flags,
-        stored=[n.name for n in stored],
-        boundary=len(boundary),
-        frozen=frozen,
-        frozen_inputs=[ph[n.name] for n in frozen_inputs],
-        live=live,
-        live_inputs=[*range(len(boundary)), *(ph[n.name] for n in live_ph)],
-        sources=[[t for t in s if t is not None] for s in sources],
-        grouped=[_grouped(n.meta["val"].shape[0], capture.batch_symbols) for n in stored],
-        reasons=cut.reasons,
-        key_leaves=key_leaves,
-    )
