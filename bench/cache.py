@@ -34,6 +34,7 @@ from torch import nn
 import freezepolicy
 
 from .common import ROOT
+from .step_time import bert_config
 
 LR = 1e-4
 #: Losses and parameters must agree within this (see docs/caching.md: a sample's frozen value
@@ -88,7 +89,7 @@ def _resnet(quick: bool) -> Workload:
 
 
 def _bert_parts(quick: bool, n: int) -> tuple[Callable[[], nn.Module], Callable, int]:
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     layers, hidden, seq = (3, 32, 16) if quick else (12, 256, 128)
     g = torch.Generator().manual_seed(1)
@@ -101,14 +102,7 @@ def _bert_parts(quick: bool, n: int) -> tuple[Callable[[], nn.Module], Callable,
 
     def build() -> nn.Module:
         torch.manual_seed(0)
-        config = BertConfig(
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            intermediate_size=4 * hidden,
-            num_labels=2,
-        )
-        return BertForSequenceClassification(config)
+        return BertForSequenceClassification(bert_config(layers, hidden, num_labels=2))
 
     def inputs(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": ids[idx], "attention_mask": mask[idx], "labels": labels[idx]}
