@@ -170,3 +170,25 @@ def test_policy_tools_see_the_models_names_through_the_wrapper() -> None:
     assert cached.stats().captures == 1
     cached.train()
     assert torch.equal(cached(x), model(x)) and cached.stats().captures == 2
+
+
+def test_values_filled_under_inference_mode_serve_training_steps() -> None:
+    model, cached = _head_only()
+    x, y = images(4)
+    with torch.inference_mode():
+        cached(x)
+    loss = nn.functional.cross_entropy(cached(x), y)
+    loss.backward()  # the cached values are ordinary tensors
+    assert cached.stats().hits == 4 and model.fc.weight.grad is not None
+
+
+def test_hooks_the_cached_forward_does_not_call_are_warned_about() -> None:
+    model, cached = _head_only()
+    seen = []
+    model.layer1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with pytest.warns(UserWarning, match=r"modules with hooks \(layer1\)"):
+        cached(images(4)[0])  # (the capture traces the hook once, with fake tensors)
+    traced = len(seen)
+    cached(images(4)[0])
+    cached(images(4, seed=2)[0])
+    assert len(seen) == traced

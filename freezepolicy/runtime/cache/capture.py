@@ -83,6 +83,17 @@ def flatten_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Inputs:
     return Inputs(tuple(leaves), spec, sizes.pop(), (spec, tuple(parts)))
 
 
+def hooked_modules(model: nn.Module) -> list[str]:
+    """Modules with forward or backward hooks (freezepolicy's norm holds aside): the captured
+    graph runs their computation but not the hooks, so a cached forward never calls them."""
+    out = []
+    for path, m in model.named_modules():
+        pre = len(m._forward_pre_hooks) - (1 if norm.is_held(m) else 0)
+        if pre or m._forward_hooks or m._backward_hooks or m._backward_pre_hooks:
+            out.append(path or "(the model)")
+    return out
+
+
 def model_state(model: nn.Module) -> tuple[tuple[bool, ...], tuple[int, ...]]:
     """What a capture of `model` depends on besides the inputs, read in one walk: each module's
     effective mode (a held normalization layer counts as eval, as it runs) and the identity of

@@ -32,7 +32,14 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ...lang.policy import Policy
-from .capture import Capture, CaptureError, capture, flatten_inputs, model_state
+from .capture import (
+    Capture,
+    CaptureError,
+    capture,
+    flatten_inputs,
+    hooked_modules,
+    model_state,
+)
 from .graphs import Partition, build
 from .keys import FAST, HASH_NAME, sample_keys
 from .partition import Classifier
@@ -211,6 +218,12 @@ class CachedModule(nn.Module):
             if not result.batch_symbols and batch > 1:
                 raise CaptureError("torch.export fixed the batch size (the model's code does)")
             result.classifier = Classifier(result, self.frozen_dropout)
+            hooked = hooked_modules(self._orig_mod)
+            if hooked:
+                self._warn(
+                    f"modules with hooks ({', '.join(hooked[:3])}{', ...' if hooked[3:] else ''})"
+                    ": a cached forward runs the captured graph and does not call the hooks"
+                )
         except CaptureError as exc:
             self._warn(f"caching is off for these inputs: {exc}")
             result = exc
@@ -296,9 +309,14 @@ class CachedModule(nn.Module):
         assert part.frozen is not None
         with torch.no_grad():
             outs = part.frozen(*(_value(p, leaves) for p in part.frozen_inputs))
-        for slot, value, grouped, slot_keys in zip(slots, outs, part.grouped, keys, strict=True):
-            for i, row in zip(missing, _per_sample(value, len(missing), grouped), strict=True):
-                self._store.put(slot, slot_keys[i], row.clone())
+        # Stored tensors are ordinary ones even when filled under `inference_mode` (an inference
+        # tensor could not be used by a later training step).
+        with torch.inference_mode(False):
+            for slot, value, grouped, slot_keys in zip(
+                slots, outs, part.grouped, keys, strict=True
+            ):
+                for i, row in zip(missing, _per_sample(value, len(missing), grouped), strict=True):
+                    self._store.put(slot, slot_keys[i], row.clone())
         return list(outs)
 
 
