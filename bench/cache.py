@@ -88,7 +88,7 @@ def _resnet(quick: bool) -> Workload:
     )
 
 
-def _bert_parts(quick: bool, n: int) -> tuple[Callable[[], nn.Module], Callable, int]:
+def _bert_parts(quick: bool, n: int) -> tuple[Callable[[], nn.Module], Callable, int, str]:
     from transformers import BertForSequenceClassification
 
     layers, hidden, seq = (3, 32, 16) if quick else (12, 256, 128)
@@ -102,12 +102,21 @@ def _bert_parts(quick: bool, n: int) -> tuple[Callable[[], nn.Module], Callable,
 
     def build() -> nn.Module:
         torch.manual_seed(0)
-        return BertForSequenceClassification(bert_config(layers, hidden, num_labels=2))
+        # No dropout: a hand-written freeze then computes what the cached model computes
+        # whether or not it puts the frozen blocks in eval mode (docs/caching.md, dropout).
+        config = bert_config(
+            layers, hidden, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+        )
+        return BertForSequenceClassification(config)
 
     def inputs(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"input_ids": ids[idx], "attention_mask": mask[idx], "labels": labels[idx]}
 
-    return build, inputs, layers
+    about = (
+        f"BertForSequenceClassification ({layers} layers, hidden {hidden}, dropout 0), {n} padded "
+        f"sequences of {seq} tokens, batch 8"
+    )
+    return build, inputs, layers, about
 
 
 def _bert_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -116,12 +125,11 @@ def _bert_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 def _bert_last2(quick: bool) -> Workload:
     n = 32 if quick else 1024
-    build, inputs, layers = _bert_parts(quick, n)
+    build, inputs, layers, about = _bert_parts(quick, n)
     top = (f"bert.encoder.layer.{layers - 2}.", f"bert.encoder.layer.{layers - 1}.")
     return Workload(
         "bert12_last2",
-        f"BertForSequenceClassification ({layers} layers), {n} padded sequences, batch 8, "
-        "the last 2 blocks, pooler and classifier train (policies/bert_last2.freeze)",
+        f"{about}, the last 2 blocks, pooler and classifier train (policies/bert_last2.freeze)",
         build,
         inputs,
         _bert_loss,
@@ -138,7 +146,7 @@ def _bert_last2(quick: bool) -> Workload:
 
 def _bert_gradual(quick: bool) -> Workload:
     n = 32 if quick else 512
-    build, inputs, layers = _bert_parts(quick, n)
+    build, inputs, layers, about = _bert_parts(quick, n)
     a, b = layers - 1, layers - 2
 
     def trainable(name: str, epoch: int) -> bool:
@@ -151,8 +159,8 @@ def _bert_gradual(quick: bool) -> Workload:
 
     return Workload(
         "bert12_gradual",
-        f"the same BERT, {n} sequences, gradual unfreezing over 5 epochs: the head (pooler, "
-        f"classifier) for 3 epochs, then block {a} at epoch 3 and block {b} at epoch 4",
+        f"{about}, gradual unfreezing over 5 epochs: the head (pooler, classifier) for 3 "
+        f"epochs, then block {a} at epoch 3 and block {b} at epoch 4",
         build,
         inputs,
         _bert_loss,
