@@ -62,7 +62,7 @@ class Workload:
 def _resnet(quick: bool) -> Workload:
     import torchvision
 
-    size, n = (32, 16) if quick else (128, 2304)
+    size, n, batch = (32, 16, 8) if quick else (128, 2304, 16)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, 3, size, size, generator=g)
     y = torch.randint(0, 1000, (n,), generator=g)
@@ -73,13 +73,13 @@ def _resnet(quick: bool) -> Workload:
 
     return Workload(
         "resnet18_head",
-        f"torchvision resnet18, {n} fixed images of {size}x{size}, batch 16, "
+        f"torchvision resnet18, {n} fixed images of {size}x{size}, batch {batch}, "
         "policies/resnet_head_only.freeze",
         build,
         lambda idx: {"x": x[idx], "y": y[idx]},
         lambda m, b: nn.functional.cross_entropy(m(b["x"]), b["y"]),
         n,
-        16 if not quick else 8,
+        batch,
         2,
         (ROOT / "policies/resnet_head_only.freeze").read_text(),
         lambda name, epoch: name.startswith("fc."),
