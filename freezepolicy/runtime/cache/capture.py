@@ -38,6 +38,8 @@ from torch.utils import _pytree as pytree
 from .. import norm
 
 _CAPTURE_IDS = itertools.count()
+#: Node meta key: the in-place op a node was before `functionalize_intermediates` rewrote it.
+INPLACE = "freezepolicy_inplace"
 
 
 class CaptureError(Exception):
@@ -289,6 +291,7 @@ def functionalize_intermediates(graph: fx.Graph) -> None:
             functional = out_of_place(node.target)
             if functional is None:
                 raise CaptureError(f"{node.target} writes in place and has no out-of-place form")
+            node.meta[INPLACE] = node.target  # `graphs.py` may write in place again
             node.target = functional
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from .capture import Placeholder
+from .capture import INPLACE, Placeholder, returns_alias
 from .partition import ASSERTS, DROPOUTS, SDPA, Classifier, NodeInfo, inputs_of
 
 
@@ -68,6 +68,8 @@ def _copy(
             env[n] = env[n.args[0]]  # type: ignore[index]
             continue
         env[n] = graph.node_copy(n, env.__getitem__)
+        if INPLACE in n.meta and _may_write_in_place(n, env, outputs):
+            env[n].target = n.meta[INPLACE]
         if info[n].turned_off and n.target is SDPA:
             new = env[n]
             if len(new.args) > 4:
@@ -77,6 +79,23 @@ def _copy(
     graph.output(tuple(env[o] if isinstance(o, fx.Node) else o for o in outputs))
     module = fx.GraphModule(root, graph)
     return module
+
+
+def _may_write_in_place(node: fx.Node, env: dict[fx.Node, Any], outputs: list[Any]) -> bool:
+    """Whether a write the capture made out of place can be in place again in this graph: the
+    value it wrote into is read by nothing else, is no view, and is neither an input nor an
+    output of this graph. Then nobody can tell, and the copy (of an activation map, in a
+    resnet) is saved."""
+    first = node.meta[INPLACE]._schema.arguments[0].alias_info
+    written = node.args[0]
+    if first is None or not first.is_write:
+        return False
+    if not isinstance(written, fx.Node) or set(written.users) != {node}:
+        return False
+    if returns_alias(written) or written in outputs:
+        return False
+    copied = env.get(written)
+    return isinstance(copied, fx.Node) and copied.op != "placeholder"
 
 
 def _ancestors(node: fx.Node, stop: dict[fx.Node, NodeInfo]) -> list[fx.Node]:
