@@ -519,7 +519,7 @@ def _cache_details(cache: dict[str, Any]) -> list[str]:
             out.append(
                 f"| {name} | {i} | {_secs(h['wall_s'])} | {_secs(c['wall_s'])} | "
                 f"{c['wall_s'] / h['wall_s']:.3f}, {c['cpu_s'] / h['cpu_s']:.3f} | "
-                f"{e['hits']} | {e['misses']} | {_secs(e['fill_s'])} | "
+                f"{e['hits']} | {e['misses']} | {_secs(e['fill_s']) if e['fill_s'] else '-'} | "
                 f"{_secs(e['capture_s']) if e['capture_s'] else '-'} | "
                 f"{e['cache_bytes'] / MiB:.1f} MiB |"
             )
@@ -609,7 +609,8 @@ def write_docs(results: dict[str, Any], path: Path, image: Path) -> None:
         "",
         "What freezepolicy costs: on the training step (nothing, against the same freeze written "
         "by hand), for `lr 0` (a real freeze), for applying a policy to very large models, for "
-        "parsing long policies, and for `freezepolicy lint`. `make bench` runs every benchmark "
+        "parsing long policies, and for `freezepolicy lint`; and what caching the frozen part "
+        "of a model saves. `make bench` runs every benchmark "
         f"({results['timings_s']['total'] / 60:.1f} minutes on the machine below), prints this "
         "table, writes `bench/results.json`, and rewrites this page above the discussion"
         f"{quick}.",
