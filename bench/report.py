@@ -162,6 +162,61 @@ def targets(results: dict[str, Any]) -> list[Row]:
             )
         )
         rows.extend(_llama_rows(lint["llama"]))
+    rows.extend(_cache_rows(results.get("cache", {})))
+    return rows
+
+
+#: What each cache workload's target measures, for the table.
+CACHE_MEASURES = {
+    "after_first": "epochs after the first / uncached epoch",
+    "whole_run": "whole run / uncached run",
+}
+CACHE_FILL = 1.10
+
+
+def _cache_rows(cache: dict[str, Any]) -> list[Row]:
+    rows = []
+    for name, r in cache.items():
+        m = r["measure"]
+        w, c = r[f"{m}_ratio_wall"], r[f"{m}_ratio_cpu"]
+        rows.append(
+            Row(
+                "cache",
+                f"{name}: {CACHE_MEASURES[m]}, `cache_frozen` vs hand-written freeze",
+                f"<= {r['target']:.2f}",
+                f"{w:.3f} (CPU {c:.3f})",
+                _status(w <= r["target"], c <= r["target"]),
+            )
+        )
+    for name, r in cache.items():
+        w, c = r["fill_ratio_wall"], r["fill_ratio_cpu"]
+        rows.append(
+            Row(
+                "cache",
+                f"{name}: first (filling) epoch / uncached epoch",
+                f"<= {CACHE_FILL:.2f}",
+                f"{w:.3f} (CPU {c:.3f}); capture {_secs(r['cache']['capture_s'])}",
+                _status(w <= CACHE_FILL, c <= CACHE_FILL),
+            )
+        )
+    for name, r in cache.items():
+        e = r["exact"]
+        how = (
+            "bit for bit"
+            if e["bitwise"]
+            else (
+                f"max difference: losses {e['max_loss_diff']:.1e}, state {e['max_state_diff']:.1e}"
+            )
+        )
+        rows.append(
+            Row(
+                "cache",
+                f"{name}: {e['steps']} per-step losses and final parameters, cached vs uncached",
+                f"equal (rtol {e['rtol']:g}, atol {e['atol']:g})",
+                "equal, " + how if e["within_tolerance"] else "DIFFERENT, " + how,
+                "met" if e["within_tolerance"] else "MISSED",
+            )
+        )
     return rows
 
 
@@ -440,6 +495,38 @@ def _details(results: dict[str, Any]) -> list[str]:
         for stage, secs in lint["llama"]["breakdown"].items():
             out.append(f"| {stage} | {_secs(secs)} |")
         out.append("")
+    out += _cache_details(results.get("cache", {}))
+    return out
+
+
+def _cache_details(cache: dict[str, Any]) -> list[str]:
+    if not cache:
+        return []
+    out = [
+        "### Caching the frozen part",
+        "",
+        "Each epoch of `cache_frozen` next to the same epoch of the hand-written freeze "
+        "(bench/cache.py; docs/caching.md explains the cache). The first cached epoch includes "
+        "capturing the model with torch.export and filling the cache.",
+        "",
+        "| workload | epoch | hand (wall) | cached (wall) | cached / hand (wall, CPU) | "
+        "hits | misses | filling | capture | cache |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in cache.items():
+        for i, e in enumerate(r["epochs"]):
+            h, c = e["hand"], e["cached"]
+            out.append(
+                f"| {name} | {i} | {_secs(h['wall_s'])} | {_secs(c['wall_s'])} | "
+                f"{c['wall_s'] / h['wall_s']:.3f}, {c['cpu_s'] / h['cpu_s']:.3f} | "
+                f"{e['hits']} | {e['misses']} | {_secs(e['fill_s']) if e['fill_s'] else '-'} | "
+                f"{_secs(e['capture_s']) if e['capture_s'] else '-'} | "
+                f"{e['cache_bytes'] / MiB:.1f} MiB |"
+            )
+    out.append("")
+    for name, r in cache.items():
+        out.append(f"- {name}: {r['about']}.")
+    out.append("")
     return out
 
 
@@ -522,7 +609,8 @@ def write_docs(results: dict[str, Any], path: Path, image: Path) -> None:
         "",
         "What freezepolicy costs: on the training step (nothing, against the same freeze written "
         "by hand), for `lr 0` (a real freeze), for applying a policy to very large models, for "
-        "parsing long policies, and for `freezepolicy lint`. `make bench` runs every benchmark "
+        "parsing long policies, and for `freezepolicy lint`; and what caching the frozen part "
+        "of a model saves. `make bench` runs every benchmark "
         f"({results['timings_s']['total'] / 60:.1f} minutes on the machine below), prints this "
         "table, writes `bench/results.json`, and rewrites this page above the discussion"
         f"{quick}.",

@@ -17,7 +17,7 @@ from typing import Any
 
 from .common import ROOT, loadavg, machine_info, run_process
 
-BENCHMARKS = ("step_time", "lr_zero", "scaling", "parse", "lint_time")
+BENCHMARKS = ("step_time", "lr_zero", "scaling", "parse", "lint_time", "cache")
 RESULTS = ROOT / "bench/results.json"
 DOCS = ROOT / "docs/performance.md"
 IMAGE = ROOT / "docs/images/bench_scaling.png"
@@ -82,6 +82,10 @@ def _run_one(name: str, quick: bool) -> Any:
         if quick:
             return lint_time.run(repeats=1, llama_repeats=1)
         return lint_time.run()
+    if name == "cache":
+        from . import cache
+
+        return cache.run(quick=quick)
     raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
 
 

@@ -77,17 +77,24 @@ def _classify(model: nn.Module, batch: tuple[Any, ...]) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), y)
 
 
-def _bert(layers: int = 12, hidden: int = 256) -> nn.Module:
-    from transformers import BertConfig, BertModel
+def bert_config(layers: int = 12, hidden: int = 256, **extra: Any) -> Any:
+    """The benchmarks' BERT: `layers` blocks of width `hidden`, 4 heads (random weights)."""
+    from transformers import BertConfig
 
-    torch.manual_seed(0)
-    config = BertConfig(
+    return BertConfig(
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=4 * hidden,
+        **extra,
     )
-    return BertModel(config)
+
+
+def _bert(layers: int = 12, hidden: int = 256) -> nn.Module:
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    return BertModel(bert_config(layers, hidden))
 
 
 def _bert_batch(batch: int = 8, seq: int = 128) -> tuple[Any, ...]:

@@ -26,6 +26,7 @@ from .version import __version__
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
     from .integrations.loop import FreezeScheduler
     from .runtime.apply import apply_policy
+    from .runtime.cache import CachedModule, CacheStats, cache_frozen
     from .runtime.groups import group_lrs, param_groups
     from .runtime.report import ApplyReport
     from .runtime.summary import ModelSummary, summary
@@ -39,6 +40,9 @@ _LAZY = {
     "FreezeScheduler": "freezepolicy.integrations.loop",
     "summary": "freezepolicy.runtime.summary",
     "ModelSummary": "freezepolicy.runtime.summary",
+    "cache_frozen": "freezepolicy.runtime.cache",
+    "CachedModule": "freezepolicy.runtime.cache",
+    "CacheStats": "freezepolicy.runtime.cache",
 }
 
 
@@ -56,6 +60,8 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ApplyReport",
     "BoundPolicy",
+    "CacheStats",
+    "CachedModule",
     "Decision",
     "Diagnostic",
     "FreezeScheduler",
@@ -69,6 +75,7 @@ __all__ = [
     "Rate",
     "__version__",
     "apply_policy",
+    "cache_frozen",
     "group_lrs",
     "load",
     "param_groups",

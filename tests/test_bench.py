@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import freezepolicy
-from bench import common, lint_time, parse, report, run, scaling, step_time
+from bench import cache, common, lint_time, parse, report, run, scaling, step_time
 from freezepolicy.lang.lint import lint_text
 from freezepolicy.lang.matcher import PartMatcher
 from freezepolicy.lang.patterns import PatternError, compile_name_pattern
@@ -84,6 +84,19 @@ def test_quick_step_time_and_lr_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     memory = lr0["memory"]
     assert memory["naive"]["peak_tensor_bytes"] > memory["policy"]["peak_tensor_bytes"]
     assert "lr 0" in report.table_text(results)
+
+
+def test_quick_cache_benchmark_compares_cached_and_hand_written_epochs() -> None:
+    torch.set_num_threads(1)
+    work = cache.workloads(quick=True)[0]  # resnet18, head only
+    r = cache.run_workload(work)
+    assert r["exact"]["within_tolerance"] and r["exact"]["steps"] == 4
+    first, second = r["epochs"]
+    assert (first["misses"], first["hits"], second["misses"], second["hits"]) == (16, 0, 0, 16)
+    assert first["capture_s"] > 0 and second["capture_s"] == 0
+    rows = report.targets({"cache": {work.name: r}})
+    assert [row.target for row in rows] == ["<= 0.15", "<= 1.10", "equal (rtol 1e-05, atol 1e-06)"]
+    assert "cache" in run.BENCHMARKS
 
 
 def test_memory_is_measured_in_a_fresh_process() -> None:
