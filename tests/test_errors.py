@@ -575,6 +575,71 @@ CATALOGUE = [
         PolicySyntaxError,
         id="crlf",
     ),
+    pytest.param(
+        "freezefc",
+        """
+        policy.freeze:1:1: `freezefc` runs words together; did you mean `freeze fc`? (a keyword or number ends at a space, `,`, `;`, `#` or the end of the line) [FP110]
+            freezefc
+            ^~~~~~~~
+        """,
+        "FP110",
+        1,
+        1,
+        PolicySyntaxError,
+        id="run-on-statement-keyword",
+    ),
+    pytest.param(
+        "lr0.1xforfc",
+        """
+        policy.freeze:1:1: `lr0.1xforfc` runs words together; did you mean `lr 0.1x for fc`? (a keyword or number ends at a space, `,`, `;`, `#` or the end of the line) [FP110]
+            lr0.1xforfc
+            ^~~~~~~~~~~
+        """,
+        "FP110",
+        1,
+        1,
+        PolicySyntaxError,
+        id="run-on-lr",
+    ),
+    pytest.param(
+        "freeze encoder exceptional",
+        """
+        policy.freeze:1:16: `exceptional` runs words together; did you mean `except ional`; or, for another selector, put `,` before it? (a keyword or number ends at a space, `,`, `;`, `#` or the end of the line) [FP110]
+            freeze encoder exceptional
+                           ^~~~~~~~~~~
+        """,
+        "FP110",
+        1,
+        16,
+        PolicySyntaxError,
+        id="run-on-except",
+    ),
+    pytest.param(
+        "stats updatefor bn",
+        """
+        policy.freeze:1:7: `updatefor` runs words together; did you mean `update for`? (a keyword or number ends at a space, `,`, `;`, `#` or the end of the line) [FP110]
+            stats updatefor bn
+                  ^~~~~~~~~
+        """,
+        "FP110",
+        1,
+        7,
+        PolicySyntaxError,
+        id="run-on-stats-mode",
+    ),
+    pytest.param(
+        "unfreeze fc at epoch 3warmup 2 epochs",
+        """
+        policy.freeze:1:22: `3warmup` runs words together; did you mean `3 warmup`? (a keyword or number ends at a space, `,`, `;`, `#` or the end of the line) [FP110]
+            unfreeze fc at epoch 3warmup 2 epochs
+                                 ^~~~~~~
+        """,
+        "FP110",
+        1,
+        22,
+        PolicySyntaxError,
+        id="run-on-number",
+    ),
 ]
 
 
