@@ -640,6 +640,84 @@ CATALOGUE = [
         PolicySyntaxError,
         id="run-on-number",
     ),
+    pytest.param(
+        "freeze\u200b*",
+        """
+        policy.freeze:1:7: U+200B ZERO WIDTH SPACE is invisible: delete it (only comments may hold invisible characters) [FP111]
+            freeze\ufffd*
+                  ^
+        """,
+        "FP111",
+        1,
+        7,
+        PolicySyntaxError,
+        id="zero-width-space",
+    ),
+    pytest.param(
+        "freeze\u00a0fc",
+        """
+        policy.freeze:1:7: U+00A0 NO-BREAK SPACE is not a plain space: write ` ` (U+0020) instead [FP111]
+            freeze\ufffdfc
+                  ^
+        """,
+        "FP111",
+        1,
+        7,
+        PolicySyntaxError,
+        id="no-break-space",
+    ),
+    pytest.param(
+        "# comments may hold \u200b and \u202e\nfreeze fc\u202e, bias",
+        """
+        policy.freeze:2:10: U+202E RIGHT-TO-LEFT OVERRIDE is invisible: delete it (only comments may hold invisible characters) [FP111]
+            freeze fc\ufffd, bias
+                     ^
+        """,
+        "FP111",
+        2,
+        10,
+        PolicySyntaxError,
+        id="bidi-override-outside-a-comment",
+    ),
+    pytest.param(
+        "lr 1e-400 for fc",
+        """
+        policy.freeze:1:4: learning rate `1e-400` is too small to represent: it would round to 0, which freezes what it selects; write `0` to freeze [FP112]
+            lr 1e-400 for fc
+               ^~~~~~
+        """,
+        "FP112",
+        1,
+        4,
+        PolicySyntaxError,
+        id="lr-underflows-to-zero",
+    ),
+    pytest.param(
+        "decay 0.5e-330x for bias",
+        """
+        policy.freeze:1:7: weight decay `0.5e-330x` is too small to represent: it would round to 0, which turns weight decay off; write `0` for none [FP112]
+            decay 0.5e-330x for bias
+                  ^~~~~~~~~
+        """,
+        "FP112",
+        1,
+        7,
+        PolicySyntaxError,
+        id="decay-underflows-to-zero",
+    ),
+    pytest.param(
+        "unfreeze layer4 at step 3 every 2 epochs",
+        """
+        policy.freeze:1:27: `every` spaces out groups listed with `then`, as in `unfreeze layer4 then layer3 every 2 epochs`; this statement has one group [FP131]
+            unfreeze layer4 at step 3 every 2 epochs
+                                      ^~~~~~~~~~~~~~
+        """,
+        "FP131",
+        1,
+        27,
+        PolicySyntaxError,
+        id="every-without-then-on-another-clock-is-one-problem",
+    ),
 ]
 
 
@@ -857,18 +935,19 @@ _CHILD = textwrap.dedent(
 HANG_CASES = {
     "valid_1mb": "ok 12987 ",
     "garbage_line_1mb": "error 1 FP103",
-    "brackets_1mb": "error 1 FP101",
-    "braces_1mb": "error 1 FP128",
+    # A word of a million characters is refused before the lexer sees it (FP113).
+    "brackets_1mb": "error 1 FP113",
+    "braces_1mb": "error 1 FP113",
     "newlines_1mb": "ok 0 0 0",
     "crlf_1mb": "ok 0 0 0",
     "semicolons_1mb": "ok 0 0 0",
-    "commas_1mb": "error 1 FP102",
-    "stars_1mb": "error 1 FP128",
+    "commas_1mb": "error 1 FP113",
+    "stars_1mb": "error 1 FP113",
     "stars_many_lines": "ok 2000 ",
     "bad_lines": "error 21 FP107",
     "unknown_lines_1mb": "error 21 FP101",
-    "digits_1mb": "error 1 FP105",
-    "number_1mb": "error 1 FP106",
+    "digits_1mb": "error 1 FP113",
+    "number_1mb": "error 1 FP113",
     "comment_1mb": "ok 0 1000002 0",  # the comment and a final newline
 }
 

@@ -163,8 +163,10 @@ def _suggest(word: str, candidates: Iterable[str]) -> str:
 
 
 def syntax_diagnostic(
-    exc: UnexpectedInput, text: str, pos: int, path: str, lines: list[str]
+    exc: UnexpectedInput, text: str, pos: int, path: str, where: tuple[int, int, str]
 ) -> Diagnostic:
+    """The message for a place where the parser stopped; `where` is the line, column and
+    line text at `pos`."""
     if isinstance(exc, UnexpectedToken):
         expected = set(exc.expected)
         found_type = exc.token.type
@@ -175,10 +177,8 @@ def syntax_diagnostic(
     at_end = pos >= len(text) or text[pos] in "\n;" or found_type in ("$END", "_SEP")
     match = None if at_end else _WORD.match(text, pos)
     found = match.group() if match else ""
-    line = text.count("\n", 0, pos) + 1
-    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    line, col, source_line = where
     end_col = col + max(1, len(found))
-    source_line = lines[line - 1] if line - 1 < len(lines) else ""
     shown = f"`{clip(found)}`" if found else "the end of the statement"
     prev = _previous_word(text, pos)
     prev = clip(prev) if prev is not None else None
