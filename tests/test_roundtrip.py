@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 
 import freezepolicy
+from freezepolicy.lang.glob import compile_type_pattern
 from freezepolicy.lang.grammar import build_parser
+from freezepolicy.lang.matcher import compile_name_pattern
 from freezepolicy.lang.nodes import (
     FOLLOW_KEYWORDS,
     Duration,
@@ -25,7 +27,6 @@ from freezepolicy.lang.nodes import (
     When,
 )
 from freezepolicy.lang.parser import MAX_ERRORS
-from freezepolicy.lang.patterns import compile_name_pattern, compile_type_pattern
 from freezepolicy.lang.policy import Policy
 
 CANONICAL = sorted((Path(__file__).parent / "canonical").glob("*.freeze"))

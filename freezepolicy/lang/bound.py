@@ -13,9 +13,9 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import PolicyResolveError
+from .glob import compile_type_pattern
 from .matcher import PartMatcher
 from .nodes import NamePattern, Selector
-from .patterns import compile_name_pattern, compile_type_pattern
 from .rules import Decision, Rate, Rule, rate_of, time_key
 
 if TYPE_CHECKING:  # type-only: policy.py imports this module to bind
@@ -148,12 +148,6 @@ class BoundPolicy:
         type_globs = [compile_type_pattern(t) for t in type_ids]
         # Each pass below runs over every name in C or in one tight loop: 100k names.
         name_bits = matcher.bits_of(self.names)
-        odd = [i for i, name in enumerate(self.names) if "\n" in name]
-        if odd:  # `$` also matches before a final newline: let the regexes decide
-            searches = [compile_name_pattern(t, a) for t, a in name_ids]
-            for i in odd:
-                name = self.names[i]
-                name_bits[i] = sum(1 << p for p, rx in enumerate(searches) if rx.search(name))
         type_bits: Iterable[int] = itertools.repeat(0)
         if type_globs and self.module_types is not None:
             get = self.module_types.get

@@ -22,7 +22,7 @@ from .nodes import (
     Value,
     When,
 )
-from .patterns import PatternError, compile_type_pattern, name_pattern_regex
+from .patterns import PatternError, parse_name_pattern, parse_type_pattern
 from .syntax import clip
 
 _TIME_NUMBER = re.compile(r"[0-9]+")  # ASCII only, as in the grammar
@@ -192,7 +192,7 @@ class AstBuilder(Transformer):
         if tok.type == "TYPE_PATTERN":
             body = text[len("type:") :]
             try:
-                compile_type_pattern(body)
+                parse_type_pattern(body)
             except PatternError as exc:
                 return TypePattern(body, span), (_pattern_problem(exc, span, len("type:")),)
             return TypePattern(body, span), ()
@@ -210,8 +210,8 @@ class AstBuilder(Transformer):
                 ),
             )
         try:
-            # Translating the pattern finds every error; compiling waits until it is matched.
-            name_pattern_regex(body)
+            # Reading the pattern finds every error; compiling waits until it is matched.
+            parse_name_pattern(body)
         except PatternError as exc:
             return node, (_pattern_problem(exc, span, 1 if anchored else 0),)
         return node, ()
