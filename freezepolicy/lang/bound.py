@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from . import arguments
 from .errors import PolicyResolveError
 from .glob import compile_type_pattern
 from .matcher import PartMatcher
@@ -157,6 +158,10 @@ class BoundPolicy:
             except TypeError:  # lists or sets given by hand
                 found = [frozenset(c) for c in found]
                 distinct = set(found)
+            for classes in distinct:
+                if isinstance(classes, (str, bytes)):  # one class name, not a collection of them
+                    name = self.names[found.index(classes)]
+                    arguments.class_names_of(name, classes, "module_types")
             of_classes = {
                 c: sum(
                     1 << q for q, glob in enumerate(type_globs) if any(glob.fullmatch(x) for x in c)
@@ -264,6 +269,7 @@ class BoundPolicy:
         self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
     ) -> list[Decision]:
         """One decision per signature at (epoch, step): the decision of its first name."""
+        epoch, step, steps_per_epoch = arguments.moment(epoch, step, steps_per_epoch)
         key = self.state_key(epoch, step, steps_per_epoch)
         cached = self._templates.get(key)
         if cached is None:
@@ -288,6 +294,7 @@ class BoundPolicy:
     def resolve(
         self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
     ) -> dict[str, Decision]:
+        epoch, step, steps_per_epoch = arguments.moment(epoch, step, steps_per_epoch)
         key = self.state_key(epoch, step, steps_per_epoch)
         last = self._last_resolved
         if last is None or last[0] != key:
@@ -395,6 +402,33 @@ class BoundPolicy:
                     if st is not None:
                         used.add(self._statement_index[id(st)])
         return used
+
+    def overriding_statements(self, statement_index: int) -> list[int]:
+        """Indices of the statements that decide, instead of statement `statement_index`, the
+        settings it writes for the names it selects, at the moments it is in force: what lint
+        names when it reports a statement that never takes effect (FP202)."""
+        rules = [r for r in self.policy.rules if r.statement_index == statement_index]
+        found: set[int] = set()
+        for epoch, step in self.moments():
+            order = self.order(epoch, step)
+            active = [r for r in rules if r in order]
+            if not active:
+                continue
+            decisions = self._decide(order, {})
+            for rule in active:
+                bit = 1 << rule.index
+                for sig, selected in enumerate(self._sig_rules):
+                    if not selected & bit:
+                        continue
+                    d = decisions[sig]
+                    by = {"trainable": d.trainable_by, "lr": d.lr_by, "decay": d.decay_by}
+                    by["stats"] = d.stats_by
+                    for setting in rule.writes:
+                        st = by[setting]
+                        if st is not None:
+                            found.add(self._statement_index[id(st)])
+        found.discard(statement_index)
+        return sorted(found)
 
     def _resolve_ignoring_warmup(self, epoch: int, step: int) -> list[Decision]:
         """Who decides what at a moment (one decision per signature); warm-up progress does not
