@@ -209,12 +209,27 @@ def rate_of(rule: Rule | None) -> Rate | None:
     return Rate(v.number, v.relative)
 
 
+#: How the FP207 message says where the number of steps per epoch comes from (the command
+#: line says `--steps-per-epoch` instead).
+STEPS_PER_EPOCH_HINT = "pass steps_per_epoch (FreezeScheduler and the Trainer callback do)"
+
+
+def mixes_clocks(rule: Rule) -> bool:
+    """Whether the rule's warm-up counts on the other clock than its start: resolving it then
+    needs the number of steps per epoch (see `Rule.warmup_factor`)."""
+    warmup = rule.statement.warmup
+    if warmup is None:
+        return False
+    start = rule.start or When(warmup.clock, 0)
+    return start.clock != warmup.clock
+
+
 def needs_steps_per_epoch(st: Statement) -> Diagnostic:
     span = st.warmup.span if st.warmup is not None else st.span
     return Diagnostic(
         "FP207",
         f"`{st}` mixes epochs and steps in its warm-up, which needs the number of steps per "
-        "epoch: pass steps_per_epoch (FreezeScheduler and the Trainer callback do)",
+        f"epoch: {STEPS_PER_EPOCH_HINT}",
         "<policy>",
         span.line,
         span.column,
