@@ -1003,3 +1003,22 @@ def test_repetitive_wildcards_checked_against_names_do_not_hang() -> None:
     # Both selectors match nothing; each is reported once (FP201), after trying every name.
     assert done.stdout.startswith("ok 2 "), done.stdout
     assert done.stdout.split()[-1] == "2", done.stdout
+
+
+# --- lint messages name what they are about ---------------------------------------------------
+
+
+def test_never_effective_names_the_lines_that_override_it() -> None:
+    from freezepolicy.lang.checks import check_names
+
+    names = ["fc.weight", "fc.bias", "layer1.0.conv1.weight"]
+    cases = {
+        "freeze fc\nunfreeze *\n": "(line 2)",
+        "freeze fc\nunfreeze fc.weight\nunfreeze fc.bias\n": "(lines 2 and 3)",
+        "lr 0.1 for fc\nlr 0 for *\n": "(line 2)",
+        "unfreeze fc at epoch 2\nfreeze * at epoch 3\nunfreeze * at epoch 2\n": "(lines 2 and 3)",
+    }
+    for text, where in cases.items():
+        (d,) = check_names(freezepolicy.parse(text, PATH), names)
+        assert (d.code, d.line) == ("FP202", 1)
+        assert d.message.endswith(f"later statements always override it {where}"), d.message

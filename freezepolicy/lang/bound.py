@@ -403,20 +403,22 @@ class BoundPolicy:
                         used.add(self._statement_index[id(st)])
         return used
 
-    def overriding_statements(self, statement_index: int) -> list[int]:
-        """Indices of the statements that decide, instead of statement `statement_index`, the
+    def overriding_statements(self, statements: Collection[int]) -> dict[int, list[int]]:
+        """For each of the `statements` (indices), the statements that decide instead of it the
         settings it writes for the names it selects, at the moments it is in force: what lint
-        names when it reports a statement that never takes effect (FP202)."""
-        rules = [r for r in self.policy.rules if r.statement_index == statement_index]
-        found: set[int] = set()
-        for epoch, step in self.moments():
-            order = self.order(epoch, step)
-            active = [r for r in rules if r in order]
+        names when it reports a statement that never takes effect (FP202). One pass over the
+        moments for all of them: a policy can have thousands of such statements."""
+        wanted = set(statements)
+        found: dict[int, set[int]] = {i: set() for i in wanted}
+        rules = [r for r in self.policy.rules if r.statement_index in wanted]
+        for epoch, step in self.moments() if rules else ():
+            active = [r for r in rules if r.active(epoch, step)]
             if not active:
                 continue
-            decisions = self._decide(order, {})
+            decisions = self._decide(self.order(epoch, step), {})
             for rule in active:
                 bit = 1 << rule.index
+                into = found[rule.statement_index]
                 for sig, selected in enumerate(self._sig_rules):
                     if not selected & bit:
                         continue
@@ -426,9 +428,8 @@ class BoundPolicy:
                     for setting in rule.writes:
                         st = by[setting]
                         if st is not None:
-                            found.add(self._statement_index[id(st)])
-        found.discard(statement_index)
-        return sorted(found)
+                            into.add(self._statement_index[id(st)])
+        return {i: sorted(found[i] - {i}) for i in wanted}
 
     def _resolve_ignoring_warmup(self, epoch: int, step: int) -> list[Decision]:
         """Who decides what at a moment (one decision per signature); warm-up progress does not

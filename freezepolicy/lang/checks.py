@@ -79,12 +79,21 @@ def check_names(
                 if sel not in st.selection.exclude:
                     silent.add(index)
     effective = bound.effective_statements()
-    for index, st in enumerate(policy.statements):
-        if index in effective or index in silent:
-            continue
-        rules = [r for r in policy.rules if r.statement_index == index]
-        if not any(bound.selected(r) for r in rules):
-            continue  # already reported: its selectors match nothing (or all are excepted)
+    rules_of: dict[int, list[Rule]] = {}
+    for r in policy.rules:
+        rules_of.setdefault(r.statement_index, []).append(r)
+    never = [
+        index
+        for index in range(len(policy.statements))
+        if index not in effective
+        and index not in silent
+        # (one whose selectors match nothing, or all are excepted, is reported already)
+        and any(bound.selected(r) for r in rules_of[index])
+    ]
+    overriders = bound.overriding_statements(never)
+    for index in never:
+        st = policy.statements[index]
+        rules = rules_of[index]
         blocked = next(
             (b for b in (_blocked_by_lr_zero(bound, r) for r in rules) if b is not None), None
         )
@@ -99,7 +108,7 @@ def check_names(
                 )
             )
         else:
-            lines = [policy.statements[i].line for i in bound.overriding_statements(index)]
+            lines = [policy.statements[i].line for i in overriders[index]]
             where = ""
             if lines:
                 where = f" ({'line' if len(lines) == 1 else 'lines'} {_listed(lines)})"
