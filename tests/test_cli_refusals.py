@@ -27,6 +27,18 @@ CANONICAL = "".join(
 # --- fmt -w writes atomically --------------------------------------------------------------------
 
 
+def _in_bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The command in a shell line (`ulimit`, `>&-`): `{cmd}` in `script` is the command."""
+    return subprocess.run(
+        ["bash", "-c", script.format(cmd=" ".join(MODULE))],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+
+
 def _no_temporary_files(folder: Path) -> None:
     assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp")) == []
 
@@ -38,14 +50,7 @@ def test_fmt_write_that_hits_the_file_size_limit_leaves_the_file_untouched(tmp_p
     policy.write_text(MESSY, encoding="utf-8")
     before = policy.read_bytes()
     assert len(CANONICAL.encode()) > 4 * 1024  # larger than the limit below
-    done = subprocess.run(
-        ["bash", "-c", f"ulimit -f 4; exec {' '.join(MODULE)} fmt -w p.freeze"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=120,
-    )
+    done = _in_bash("ulimit -f 4; exec {cmd} fmt -w p.freeze", tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr == (
         "p.freeze: cannot write the file, left unchanged: File too large [FP006]\n"
@@ -279,15 +284,7 @@ def test_a_model_factory_cannot_end_or_break_the_command(factories) -> None:
 def test_closed_standard_output_is_a_clean_error(tmp_path, args) -> None:
     (tmp_path / "ok.freeze").write_text("freeze *\n", encoding="utf-8")
     (tmp_path / "bad.freeze").write_text("frezee *\n", encoding="utf-8")
-    command = " ".join([*MODULE, *args])
-    done = subprocess.run(
-        ["bash", "-c", f"exec {command} >&-"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=120,
-    )
+    done = _in_bash("exec {cmd} " + " ".join(args) + " >&-", tmp_path)
     assert done.returncode == 2, done.stderr
     name = args[0]
     assert done.stderr == (
@@ -297,14 +294,7 @@ def test_closed_standard_output_is_a_clean_error(tmp_path, args) -> None:
 
 def test_fmt_write_needs_no_standard_output(tmp_path) -> None:
     (tmp_path / "p.freeze").write_text("freeze  *\n", encoding="utf-8")
-    done = subprocess.run(
-        ["bash", "-c", f"exec {' '.join(MODULE)} fmt -w p.freeze >&-"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=120,
-    )
+    done = _in_bash("exec {cmd} fmt -w p.freeze >&-", tmp_path)
     assert (done.returncode, done.stderr) == (0, "formatted p.freeze\n")
     assert (tmp_path / "p.freeze").read_text() == "freeze *\n"
 
@@ -347,7 +337,6 @@ def test_a_warmup_that_mixes_clocks_is_noted_by_lint_and_refused_by_show(tmp_pat
         " [FP207]\n" + caret
     )
     show = ["show", str(policy), "--model", "tests.model_factories:mlp"]
-    done = run(*show, "--epoch", "2", cwd=HERE.parent)  # the issue's command, as a user runs it
     refused = {
         "code": 2,
         "stdout": "",
@@ -357,10 +346,12 @@ def test_a_warmup_that_mixes_clocks_is_noted_by_lint_and_refused_by_show(tmp_pat
             " [FP207]\n" + caret
         ),
     }
-    assert {"code": done.returncode, "stdout": done.stdout, "stderr": done.stderr} == refused
     given = ["--epoch", "2", "--steps-per-epoch", "9"]
-    moments = [[], ["--step", "7"], ["--format", "json"], given]
-    plain, at_step, as_json, given = run_many([show + m for m in moments], cwd=HERE.parent)
+    moments = [["--epoch", "2"], [], ["--step", "7"], ["--format", "json"], given]
+    at_epoch, plain, at_step, as_json, given = run_many(
+        [show + m for m in moments], cwd=HERE.parent
+    )
+    assert at_epoch == refused  # the issue's command
     assert plain == refused and at_step == refused  # the schedule resolves every event
     assert as_json["code"] == 2 and as_json["stderr"] == ""
     assert [d["code"] for d in json.loads(as_json["stdout"])["diagnostics"]] == ["FP207"]
