@@ -26,7 +26,6 @@ from .patterns import PatternError, parse_name_pattern, parse_type_pattern
 from .syntax import clip
 
 _TIME_NUMBER = re.compile(r"[0-9]+")  # ASCII only, as in the grammar
-_MANTISSA = re.compile(r"[^eEx]*")  # a number as written, up to its exponent or `x`
 _NONZERO_DIGIT = re.compile(r"[1-9]")
 #: Longest epoch or step number accepted; real training never comes close.
 MAX_TIME_DIGITS = 18
@@ -139,7 +138,7 @@ class AstBuilder(Transformer):
                     span.end_column,
                 )
             )
-        elif number == 0 and _NONZERO_DIGIT.search(_MANTISSA.match(text).group()):  # type: ignore[union-attr]
+        elif number == 0 and not _written_as_zero(text):
             # `1e-400` is not 0 as written, but float() makes it 0, and a rate of 0 freezes.
             problems.append(
                 Problem(
@@ -259,6 +258,12 @@ class _Timing:
     kind: str
     node: When | Duration
     problems: tuple[Problem, ...]
+
+
+def _written_as_zero(text: str) -> bool:
+    """Whether a number as written is 0: no digit but 0 before its exponent (`0.00e5`, `0x`)."""
+    mantissa = re.split("[eE]", text.rstrip("x"), maxsplit=1)[0]
+    return _NONZERO_DIGIT.search(mantissa) is None
 
 
 def _clock(tok: Token) -> str:
