@@ -26,7 +26,7 @@ import re
 from typing import Any
 
 import freezepolicy
-from freezepolicy.lang import matcher, patterns
+from freezepolicy.lang import glob, matcher, patterns
 
 from .common import ROOT, Samples, timed
 
@@ -79,10 +79,10 @@ def generate(statements: int, seed: int = 0) -> str:
 
 def clear_caches() -> None:
     """Forget every compiled pattern, as in a new process."""
-    patterns.name_pattern_regex.cache_clear()
-    patterns.compile_name_pattern.cache_clear()
-    patterns.compile_type_pattern.cache_clear()
-    matcher._part_regex_cached.cache_clear()
+    patterns.parse_name_pattern.cache_clear()
+    patterns.parse_type_pattern.cache_clear()
+    matcher.compile_name_pattern.cache_clear()
+    glob.clear_caches()
     re.purge()
 
 

@@ -260,7 +260,7 @@ def test_names_selects_nothing_and_never_effective(files) -> None:
         (2, 10, "FP201", "warning"),
     ]
     assert diags[0]["message"] == (
-        "`freeze layer1` never changes anything: later statements always override it"
+        "`freeze layer1` never changes anything: later statements always override it (line 3)"
     )
     assert diags[1]["message"].startswith("selector `layer5` matches no parameter")
 

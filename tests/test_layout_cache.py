@@ -170,6 +170,20 @@ def test_a_damaged_file_is_a_miss_and_is_rebuilt(cache, capsys, kind) -> None:
     assert file.read_text(encoding="ascii") == good  # overwritten, with the same content
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_where_the_file_should_be_is_a_miss_and_never_waited_on(cache) -> None:
+    """Reading the cache file with `read_bytes` waited for a writer forever."""
+    key = layout_cache.key_fields(RESNET)
+    assert key is not None
+    file = layout_cache.cache_file(key)
+    assert file is not None
+    file.parent.mkdir(parents=True)
+    os.mkfifo(file)
+    assert layout_cache._load(file, key) is None  # at once: opened without blocking
+    assert model_layout(RESNET) == fresh(RESNET)
+    assert file.is_file()  # the build replaced it with a real cache file
+
+
 def test_another_version_is_a_miss(cache, monkeypatch) -> None:
     model_layout(RESNET)
     real = layout_cache.installed_version

@@ -327,6 +327,44 @@ def test_load_reads_a_file(tmp_path) -> None:
     assert freezepolicy.load(str(path)).statements == policy.statements
 
 
+# Keywords and numbers end at a word boundary: none of these may be read as a statement.
+RUN_ON = [
+    "freezefc",
+    "freeze*",
+    "unfreezelayer4",
+    "lr0.1xforfc",
+    "lr 0.1xfor fc",
+    "lr 1e-4forfc",
+    "decay 0for bias",
+    "statsupdatefor bn",
+    "stats update forbn",
+    "freeze encoder exceptional",
+    "freeze encoder exceptfc",
+    "unfreeze fc atepoch 3",
+    "unfreeze fc at epoch3",
+    "unfreeze fc at epoch 3warmup 2 epochs",
+    "unfreeze fc warmup 2epochs",
+    "unfreeze a thenb every 2 epochs",
+    "unfreeze a then b every2 epochs",
+]
+
+
+@pytest.mark.parametrize("text", RUN_ON)
+def test_keywords_and_numbers_end_at_a_word_boundary(text: str) -> None:
+    with pytest.raises(freezepolicy.PolicySyntaxError) as info:
+        freezepolicy.parse(text)
+    assert info.value.code == "FP110", str(info.value)
+    assert "did you mean `" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["freeze a,b", "freeze a ,b", "freeze a;freeze b", "freeze a#c", "lr 0.1x\tfor fc"],
+)
+def test_a_keyword_may_touch_a_separator_comma_or_comment(text: str) -> None:
+    assert freezepolicy.parse(text).statements
+
+
 def test_grammar_builds_in_lalr_strict_mode() -> None:
     """Shift/reduce or reduce/reduce conflicts and terminal collisions fail here, in CI."""
     import interegular  # noqa: F401  (lark needs it to check terminal collisions)

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 
 import freezepolicy
+from freezepolicy.lang.glob import compile_type_pattern
 from freezepolicy.lang.grammar import build_parser
+from freezepolicy.lang.matcher import compile_name_pattern
 from freezepolicy.lang.nodes import (
     FOLLOW_KEYWORDS,
     Duration,
@@ -25,7 +27,6 @@ from freezepolicy.lang.nodes import (
     When,
 )
 from freezepolicy.lang.parser import MAX_ERRORS
-from freezepolicy.lang.patterns import compile_name_pattern, compile_type_pattern
 from freezepolicy.lang.policy import Policy
 
 CANONICAL = sorted((Path(__file__).parent / "canonical").glob("*.freeze"))
@@ -324,11 +325,11 @@ VALID_TERMINALS: dict[str, st.SearchStrategy[str]] = {
     "STATS_MODE": _padded(st.sampled_from(["update", "freeze"])),
     "_EXCEPT": _padded(st.just("except")),
     "CLOCK": _padded(st.sampled_from(["epoch", "step", "epochs", "steps"])),
-    "FOR": _padded(st.just("for")),
+    "_FOR": _padded(st.just("for")),
     "THEN": _padded(st.just("then")),
     "EVERY": _padded(st.just("every")),
     "WARMUP": _padded(st.just("warmup")),
-    "AT": _padded(st.just("at")),
+    "_AT": _padded(st.just("at")),
     "COMMA": st.sampled_from([",", " , ", ",\t"]),
     "NUMBER": _padded(_WHOLE),
     "PATTERN": _padded(NAME_PATTERN.map(str)),

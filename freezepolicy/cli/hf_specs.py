@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .exceptions import describe_exception
 from .meta import ModelSpecError, on_meta
 
 if TYPE_CHECKING:
@@ -324,4 +325,4 @@ def _call(build: Any, what: str) -> Any:
     except ModelSpecError:
         raise
     except Exception as exc:
-        raise ModelSpecError(f"cannot build {what}: {type(exc).__name__}: {exc}") from None
+        raise ModelSpecError(f"cannot build {what}: {describe_exception(exc)}") from None

@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..lang.errors import PolicyError
+from ..lang.source import read_file_bytes
 from ..version import __version__
 from .hf_specs import config_file
 from .layout import ModelLayout
@@ -203,13 +205,19 @@ def _store(path: Path, key: Mapping[str, Any], layout: ModelLayout) -> None:
 # --- the file: reading -----------------------------------------------------------------------
 
 
+#: Largest cache file read; the layout of an 80-layer Llama is about 90 kB.
+MAX_CACHE_FILE_BYTES = 64 * 1024 * 1024
+
+
 def _load(path: Path, key: Mapping[str, Any]) -> ModelLayout | None:
     try:
-        data = json.loads(path.read_bytes())
+        # As policy files are read: a FIFO or device where the file should be is a miss, and
+        # is never waited on.
+        data = json.loads(read_file_bytes(str(path), what="cache file", limit=MAX_CACHE_FILE_BYTES))
         if not isinstance(data, dict) or data.get("key") != key:
             raise _Invalid("written for another key")
         return decode(data.get("layout"))
-    except (OSError, ValueError, RecursionError, _Invalid):
+    except (PolicyError, ValueError, RecursionError, _Invalid):
         # ValueError covers bad JSON and bad UTF-8; RecursionError absurdly nested JSON.
         return None
 

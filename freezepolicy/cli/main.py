@@ -8,6 +8,7 @@ see one for an internal error.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from .commands import (
     run_lint,
     run_show,
 )
+from .exceptions import describe_exception
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,42 +144,93 @@ def _positive_arg(text: str) -> int:
     return value
 
 
+#: Errors of writing to standard output (a closed descriptor, a full disk, a file-size limit):
+#: the command could not say what it found, which is not a bug of freezepolicy.
+_OUTPUT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("EBADF", "ENOSPC", "EIO", "EFBIG", "EDQUOT")
+    if hasattr(errno, name)
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_argparser()
     args = parser.parse_args(argv)
-    if args.version:
-        from ..version import __version__
-
-        print(f"freezepolicy {__version__}")
-        return EXIT_OK
-    if args.command is None:
+    if args.command is None and not args.version:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    command = args.command or "--version"
+    # Standard output closed when the program started (`freezepolicy lint p.freeze >&-`): Python
+    # then has no sys.stdout, and every report would vanish. Only `fmt -w` prints nothing there.
+    if sys.stdout is None and not (command == "fmt" and args.write):
+        _error(f"freezepolicy {command}: error: standard output is closed; nothing can be printed")
+        return EXIT_USAGE
     try:
-        if args.command == "lint":
-            return run_lint(args)
-        if args.command == "show":
-            return run_show(args)
-        return run_fmt(args)
+        if args.version:
+            from ..version import __version__
+
+            print(f"freezepolicy {__version__}")
+            status = EXIT_OK
+        elif command == "lint":
+            status = run_lint(args)
+        elif command == "show":
+            status = run_show(args)
+        else:
+            status = run_fmt(args)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a write error must show here, not at exit as "ignored"
+        return status
     except UsageError as exc:
-        print(f"freezepolicy {args.command}: error: {exc}", file=sys.stderr)
+        _error(f"freezepolicy {command}: error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         # The reader went away (`freezepolicy lint ... | head`): stop quietly, as cat does.
+        _silence_stdout()
+        return EXIT_PROBLEMS
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS or exc.filename is not None:
+            return _internal_error(exc)
+        _silence_stdout()
+        _error(f"freezepolicy {command}: error: cannot write the output: {exc.strerror}")
+        return EXIT_USAGE
+    except Exception as exc:  # never a traceback for the user; one line that says what broke
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> int:
+    if os.environ.get("FREEZEPOLICY_DEBUG"):
+        raise exc
+    _error(
+        f"freezepolicy: internal error: {describe_exception(exc)} "
+        "(set FREEZEPOLICY_DEBUG=1 for details, and please report it)"
+    )
+    return EXIT_INTERNAL
+
+
+def _error(message: str) -> None:
+    """One line on stderr, if there is a stderr to write to."""
+    if sys.stderr is None:
+        return
+    try:
+        print(message, file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    """Point the standard output at /dev/null, so the interpreter's last flush of what is still
+    buffered cannot fail again (and print "Exception ignored") at exit."""
+    if sys.stdout is None:
+        return
+    try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_PROBLEMS
-    except Exception as exc:  # never a traceback for the user; one line that says what broke
-        if os.environ.get("FREEZEPOLICY_DEBUG"):
-            raise
-        print(
-            f"freezepolicy: internal error: {type(exc).__name__}: {exc} "
-            "(set FREEZEPOLICY_DEBUG=1 for details, and please report it)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from .exceptions import describe_exception
 from .hf_specs import (
     HF_ALIASES,
     HF_ARCHITECTURES,
@@ -134,7 +135,13 @@ def _torchvision(name: str) -> nn.Module:
     # Every `weights*` argument to None: detection and segmentation models otherwise fetch
     # ImageNet weights for their backbone by default.
     kwargs = {p: None for p in inspect.signature(builder).parameters if p.startswith("weights")}
-    return on_meta(lambda: builder(**kwargs))
+    try:
+        return on_meta(lambda: builder(**kwargs))
+    except ModelSpecError:
+        raise
+    except Exception as exc:  # a torchvision that cannot build it here: a usage error, not a bug
+        what = describe_exception(exc)
+        raise ModelSpecError(f"cannot build `torchvision:{key}`: {what}") from None
 
 
 # --- package.module:factory ----------------------------------------------------------------
@@ -152,6 +159,33 @@ def _factory(module_name: str, attr_path: str) -> nn.Module:
             difflib.get_close_matches(module_name, ["torchvision", "transformers"], n=1),
         )
     module = _import(module_name, attr_path)
+    try:
+        target = _attribute(module, module_name, attr_path)
+    except ModelSpecError:
+        raise
+    except (Exception, SystemExit) as exc:  # a property or module __getattr__ of the user's
+        raise ModelSpecError(f"looking up `{spec}` failed: {describe_exception(exc)}") from None
+    if not callable(target):
+        raise ModelSpecError(f"`{spec}` is not callable: it should build and return a model")
+    try:
+        model = on_meta(target)
+    except ModelSpecError:
+        raise
+    except SystemExit as exc:
+        # `builtins:exit`, or a factory that calls sys.exit(): it must not end the command
+        # silently with its own exit code.
+        raise ModelSpecError(
+            f"calling `{spec}()` raised SystemExit({exc.code!r}) instead of returning a model"
+        ) from None
+    except Exception as exc:
+        raise ModelSpecError(f"calling `{spec}()` failed: {describe_exception(exc)}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelSpecError(f"`{spec}()` returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _attribute(module: Any, module_name: str, attr_path: str) -> Any:
+    """`module.attr.path`, or a ModelSpecError naming the first part that is missing."""
     target: Any = module
     for i, part in enumerate(attr_path.split(".")):
         if not hasattr(target, part):
@@ -165,17 +199,7 @@ def _factory(module_name: str, attr_path: str) -> nn.Module:
                 ],
             )
         target = getattr(target, part)
-    if not callable(target):
-        raise ModelSpecError(f"`{spec}` is not callable: it should build and return a model")
-    try:
-        model = on_meta(target)
-    except ModelSpecError:
-        raise
-    except Exception as exc:
-        raise ModelSpecError(f"calling `{spec}()` failed: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, nn.Module):
-        raise ModelSpecError(f"`{spec}()` returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return target
 
 
 def _import(module_name: str, attr_path: str) -> Any:
@@ -199,10 +223,16 @@ def _import(module_name: str, attr_path: str) -> Any:
                     )
                 ],
             ) from None
-        raise ModelSpecError(f"importing `{module_name}` failed: {exc}") from exc
+        raise ModelSpecError(
+            f"importing `{module_name}` failed: {describe_exception(exc)}"
+        ) from exc
+    except SystemExit as exc:  # the module calls sys.exit() when imported
+        raise ModelSpecError(
+            f"importing `{module_name}` raised SystemExit({exc.code!r})"
+        ) from None
     except Exception as exc:
         raise ModelSpecError(
-            f"importing `{module_name}` failed: {type(exc).__name__}: {exc}"
+            f"importing `{module_name}` failed: {describe_exception(exc)}"
         ) from exc
     finally:
         if added:

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import re
 
 from .errors import Diagnostic, PolicySourceError
 from .parser import parse_text
 from .policy import Policy
-from .source import decode_source, normalize_text
+from .source import decode_source, normalize_text, read_policy_file
 
 
 def parse(text: str | bytes, source: str = "<string>") -> Policy:
     """Parse and compile policy text. Raises `PolicyError` listing every problem in it."""
+    if isinstance(text, (bytearray, memoryview)):
+        text = bytes(text)
+    if not isinstance(text, (str, bytes)):
+        hint = (
+            "; to read a policy file, use freezepolicy.load(path)"
+            if isinstance(text, os.PathLike)
+            else ""
+        )
+        got = type(text).__name__
+        raise TypeError(f"parse() takes policy text (str or bytes), got {got}{hint}")
+    if not isinstance(source, str):
+        got = type(source).__name__
+        raise TypeError(f"parse(): source must be a str naming the text, got {got}")
     if isinstance(text, bytes):
         text = decode_source(text, source)
     text = normalize_text(text)
@@ -22,17 +35,41 @@ def parse(text: str | bytes, source: str = "<string>") -> Policy:
 
 def load(path: str | os.PathLike[str]) -> Policy:
     """Read, parse and compile a policy file."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"load() takes the path of a policy file (str or os.PathLike), got"
+            f" {type(path).__name__}; to parse policy text, use freezepolicy.parse(text)"
+        )
     name = os.fspath(path)
+    if not isinstance(name, str):  # a PathLike whose __fspath__ gives bytes
+        name = os.fsdecode(name)
     try:
-        data = Path(name).read_bytes()
-    except FileNotFoundError:
-        raise PolicySourceError(Diagnostic("FP001", "no such policy file", name)) from None
-    except IsADirectoryError:
-        raise PolicySourceError(
-            Diagnostic("FP001", "is a directory, not a policy file", name)
-        ) from None
-    except OSError as exc:
-        raise PolicySourceError(
-            Diagnostic("FP001", f"cannot read policy file: {exc.strerror}", name)
-        ) from None
+        data = read_policy_file(name)
+    except PolicySourceError as exc:
+        if exc.code == "FP001" and looks_like_policy_text(name):
+            raise PolicySourceError(
+                Diagnostic(
+                    "FP001",
+                    "no such policy file; this looks like policy text, not a path: to parse"
+                    " text, use freezepolicy.parse(text)",
+                    _shown_path(name),
+                )
+            ) from None
+        raise
     return parse(decode_source(data, name), name)
+
+
+_STATEMENT_START = re.compile(r"\s*(freeze|unfreeze|lr|decay|stats)\s")
+
+
+def looks_like_policy_text(path: str) -> bool:
+    """Whether a string given as a path is more likely policy text (`freeze * except fc`)."""
+    return "\n" in path or ";" in path or _STATEMENT_START.match(path) is not None
+
+
+def _shown_path(path: str) -> str:
+    """A path that may be a whole policy, fit for the head of a one-line message."""
+    shown = path.replace("\n", "\\n")
+    return shown if len(shown) <= 60 else shown[:57] + "..."

@@ -12,10 +12,11 @@ import itertools
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from . import arguments
 from .errors import PolicyResolveError
+from .glob import compile_type_pattern
 from .matcher import PartMatcher
 from .nodes import NamePattern, Selector
-from .patterns import compile_name_pattern, compile_type_pattern
 from .rules import Decision, Rate, Rule, rate_of, time_key
 
 if TYPE_CHECKING:  # type-only: policy.py imports this module to bind
@@ -148,12 +149,6 @@ class BoundPolicy:
         type_globs = [compile_type_pattern(t) for t in type_ids]
         # Each pass below runs over every name in C or in one tight loop: 100k names.
         name_bits = matcher.bits_of(self.names)
-        odd = [i for i, name in enumerate(self.names) if "\n" in name]
-        if odd:  # `$` also matches before a final newline: let the regexes decide
-            searches = [compile_name_pattern(t, a) for t, a in name_ids]
-            for i in odd:
-                name = self.names[i]
-                name_bits[i] = sum(1 << p for p, rx in enumerate(searches) if rx.search(name))
         type_bits: Iterable[int] = itertools.repeat(0)
         if type_globs and self.module_types is not None:
             get = self.module_types.get
@@ -163,6 +158,10 @@ class BoundPolicy:
             except TypeError:  # lists or sets given by hand
                 found = [frozenset(c) for c in found]
                 distinct = set(found)
+            for classes in distinct:
+                if isinstance(classes, (str, bytes)):  # one class name, not a collection of them
+                    name = self.names[found.index(classes)]
+                    arguments.class_names_of(name, classes, "module_types")
             of_classes = {
                 c: sum(
                     1 << q for q, glob in enumerate(type_globs) if any(glob.fullmatch(x) for x in c)
@@ -270,6 +269,7 @@ class BoundPolicy:
         self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
     ) -> list[Decision]:
         """One decision per signature at (epoch, step): the decision of its first name."""
+        epoch, step, steps_per_epoch = arguments.moment(epoch, step, steps_per_epoch)
         key = self.state_key(epoch, step, steps_per_epoch)
         cached = self._templates.get(key)
         if cached is None:
@@ -294,6 +294,7 @@ class BoundPolicy:
     def resolve(
         self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
     ) -> dict[str, Decision]:
+        epoch, step, steps_per_epoch = arguments.moment(epoch, step, steps_per_epoch)
         key = self.state_key(epoch, step, steps_per_epoch)
         last = self._last_resolved
         if last is None or last[0] != key:
@@ -401,6 +402,34 @@ class BoundPolicy:
                     if st is not None:
                         used.add(self._statement_index[id(st)])
         return used
+
+    def overriding_statements(self, statements: Collection[int]) -> dict[int, list[int]]:
+        """For each of the `statements` (indices), the statements that decide instead of it the
+        settings it writes for the names it selects, at the moments it is in force: what lint
+        names when it reports a statement that never takes effect (FP202). One pass over the
+        moments for all of them: a policy can have thousands of such statements."""
+        wanted = set(statements)
+        found: dict[int, set[int]] = {i: set() for i in wanted}
+        rules = [r for r in self.policy.rules if r.statement_index in wanted]
+        for epoch, step in self.moments() if rules else ():
+            active = [r for r in rules if r.active(epoch, step)]
+            if not active:
+                continue
+            decisions = self._decide(self.order(epoch, step), {})
+            for rule in active:
+                bit = 1 << rule.index
+                into = found[rule.statement_index]
+                for sig, selected in enumerate(self._sig_rules):
+                    if not selected & bit:
+                        continue
+                    d = decisions[sig]
+                    by = {"trainable": d.trainable_by, "lr": d.lr_by, "decay": d.decay_by}
+                    by["stats"] = d.stats_by
+                    for setting in rule.writes:
+                        st = by[setting]
+                        if st is not None:
+                            into.add(self._statement_index[id(st)])
+        return {i: sorted(found[i] - {i}) for i in wanted}
 
     def _resolve_ignoring_warmup(self, epoch: int, step: int) -> list[Decision]:
         """Who decides what at a moment (one decision per signature); warm-up progress does not

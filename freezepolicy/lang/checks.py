@@ -13,11 +13,12 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from . import arguments
 from .bound import BoundPolicy
 from .errors import Diagnostic
 from .nodes import Selector, Statement, TypePattern
 from .policy import Policy
-from .rules import Rule
+from .rules import Rule, mixes_clocks
 from .tied import tied_conflicts_over_time
 
 
@@ -47,8 +48,13 @@ def check_names(
 
     `bound` is `policy.bind(names, module_types)` when the caller has it already.
     """
+    if not isinstance(policy, Policy):
+        raise TypeError(
+            f"check_names() takes a Policy (from freezepolicy.parse or load), got"
+            f" {type(policy).__name__}"
+        )
     out: list[Diagnostic] = []
-    names = list(names)
+    names = list(arguments.parameter_names(names, "check_names()"))
     if bound is None:
         bound = policy.bind(names, module_types)
     suggest = _Suggester(names)
@@ -73,12 +79,21 @@ def check_names(
                 if sel not in st.selection.exclude:
                     silent.add(index)
     effective = bound.effective_statements()
-    for index, st in enumerate(policy.statements):
-        if index in effective or index in silent:
-            continue
-        rules = [r for r in policy.rules if r.statement_index == index]
-        if not any(bound.selected(r) for r in rules):
-            continue  # already reported: its selectors match nothing (or all are excepted)
+    rules_of: dict[int, list[Rule]] = {}
+    for r in policy.rules:
+        rules_of.setdefault(r.statement_index, []).append(r)
+    never = [
+        index
+        for index in range(len(policy.statements))
+        if index not in effective
+        and index not in silent
+        # (one whose selectors match nothing, or all are excepted, is reported already)
+        and any(bound.selected(r) for r in rules_of[index])
+    ]
+    overriders = bound.overriding_statements(never)
+    for index in never:
+        st = policy.statements[index]
+        rules = rules_of[index]
         blocked = next(
             (b for b in (_blocked_by_lr_zero(bound, r) for r in rules) if b is not None), None
         )
@@ -93,15 +108,47 @@ def check_names(
                 )
             )
         else:
+            lines = [policy.statements[i].line for i in overriders[index]]
+            where = ""
+            if lines:
+                where = f" ({'line' if len(lines) == 1 else 'lines'} {_listed(lines)})"
             out.append(
                 _diag(
                     policy,
                     "FP202",
-                    f"`{_head(st)}` never changes anything: later statements always override it",
+                    f"`{_head(st)}` never changes anything: later statements always override"
+                    f" it{where}",
                     st,
                 )
             )
     return out
+
+
+def check_policy(policy: Policy) -> list[Diagnostic]:
+    """The checks that need nothing but the policy: a note (FP207) for each warm-up that mixes
+    epochs and steps, which only resolves with the number of steps per epoch. The same code
+    is the error `Policy.resolve` and `show` raise without it; lint says it up front."""
+    out = []
+    for index, st in enumerate(policy.statements):
+        if any(mixes_clocks(r) for r in policy.rules if r.statement_index == index):
+            out.append(
+                _diag(
+                    policy,
+                    "FP207",
+                    f"`{_head(st)}` mixes epochs and steps in its warm-up: applying it needs the"
+                    " number of steps per epoch (`steps_per_epoch=`, which FreezeScheduler and"
+                    " the Trainer callback pass; `show --steps-per-epoch`)",
+                    st.warmup if st.warmup is not None else st,
+                    severity="note",
+                )
+            )
+    return out
+
+
+def _listed(lines: Sequence[int]) -> str:
+    """`3`, `3 and 5`, `3, 5 and 8`."""
+    shown = [str(n) for n in lines]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
 
 
 def _head(st: Statement) -> str:

@@ -17,6 +17,9 @@ CODES: dict[str, str] = {
     "FP001": "file-not-found",
     "FP002": "not-text",
     "FP003": "invalid-utf8",
+    "FP004": "not-a-regular-file",
+    "FP005": "file-too-large",
+    "FP006": "cannot-write",
     # Syntax.
     "FP101": "unknown-keyword",
     "FP102": "missing-selector",
@@ -27,6 +30,10 @@ CODES: dict[str, str] = {
     "FP107": "negative-value",
     "FP108": "keyword-as-selector",
     "FP109": "too-many-errors",
+    "FP110": "run-on-words",
+    "FP111": "invisible-character",
+    "FP112": "value-rounds-to-zero",
+    "FP113": "word-too-long",
     # Selector patterns.
     "FP121": "unclosed-bracket",
     "FP122": "reversed-range",

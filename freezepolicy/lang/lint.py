@@ -9,13 +9,15 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import arguments
 from .api import load, parse
-from .checks import ModelNames, check_models, check_names
+from .checks import ModelNames, check_models, check_names, check_policy
 from .errors import Diagnostic, PolicyError
 from .policy import Policy
 
-#: Problems in the file itself (missing, not text): the CLI exits 2 for these, 1 for the rest.
-FILE_ERROR_CODES = frozenset({"FP001", "FP002", "FP003"})
+#: Problems in the file itself (missing, not a regular file, too large, not text, not
+#: writable): the CLI exits 2 for these, 1 for the rest.
+FILE_ERROR_CODES = frozenset({"FP001", "FP002", "FP003", "FP004", "FP005", "FP006"})
 
 
 @dataclass
@@ -68,10 +70,11 @@ def _lint_policy(
     names: Sequence[str] | None,
     module_types: Mapping[str, Collection[str]] | None,
 ) -> LintReport:
-    report = LintReport(policy.source, policy=policy)
+    report = LintReport(policy.source, check_policy(policy), policy)
     if names is not None:
-        found = check_names(policy, names, module_types)
-        report.diagnostics.extend(sorted(found, key=lambda d: (d.line or 0, d.column or 0)))
+        names = arguments.parameter_names(names, "lint: names")
+        report.diagnostics.extend(check_names(policy, names, module_types))
+    report.diagnostics.sort(key=_place)
     return report
 
 
@@ -81,4 +84,9 @@ def lint_file_models(path: str | os.PathLike[str], models: Sequence[ModelNames])
         policy = load(path)
     except PolicyError as exc:
         return LintReport(os.fspath(path), list(exc.diagnostics))
-    return LintReport(policy.source, check_models(policy, models), policy)
+    found = check_policy(policy) + check_models(policy, models)
+    return LintReport(policy.source, sorted(found, key=_place), policy)
+
+
+def _place(d: Diagnostic) -> tuple[int, int, str]:
+    return (d.line or 0, d.column or 0, d.code)

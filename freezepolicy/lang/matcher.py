@@ -1,59 +1,69 @@
-"""Matching many parameter names against many name selectors at once, one part at a time.
+"""Matching parameter names against name selectors, one dot-separated part at a time.
 
 `PartMatcher` is what binding a policy to a model spends its time in: a small automaton over the
-dot-separated parts of names, equivalent to searching each selector's regex (patterns.py) in
-each name, but costing one dictionary lookup per part of a name.
+parts of names whose states say how far each selector has come, each transition computed once
+per (state, part) and then looked up, so a name costs one dictionary lookup per part.
+`compile_name_pattern` is the same for one selector and one name at a time.
+
+Time: a transition tests each live selector part against one name part with the part's
+matcher from glob.py, linear in both; a name walks each of its parts once. So matching one name
+against one selector costs O(len(selector) x len(name)) the first time, whatever the pattern
+(`**` runs, `*` inside `{...}`), and a dictionary lookup per part for names whose parts were
+seen before.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
-import re
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
-from .patterns import Part, PatternError, split_parts
+from .glob import PartMatch, RegexPart, compile_part
+from .patterns import ANY_PARTS, Literal, parse_name_pattern
+
+#: What a pattern made only of `**` parts matches: any one whole, non-empty part (a name's
+#: every part qualifies except an empty one, as in `a..b`).
+_ANY_ONE_PART = RegexPart(r"[^.]+")
 
 
 class PartMatcher:
     """Every name selector of a policy, matched against a name one part at a time.
 
-    Searching each selector's regex in each name costs names x selectors regex searches, which
-    is most of the time of binding a policy to a model with 100k tensors. Names share their
-    parts (`model`, `layers`, `17`, `experts`, `weight`), so here a name is walked through a small
-    automaton whose states say how far each selector has come, and each transition is computed
-    once per (state, part) and then looked up: a name costs one dictionary lookup per part.
+    Searching each selector in each name costs names x selectors searches, which is most of the
+    time of binding a policy to a model with 100k tensors. Names share their parts (`model`,
+    `layers`, `17`, `experts`, `weight`), so here a name is walked through a small automaton
+    whose states say how far each selector has come, and each transition is computed once per
+    (state, part) and then looked up: a name costs one dictionary lookup per part.
 
-    Exactly as the regexes of patterns.py decide: a selector's regex is its parts' regexes
-    joined by dots, each part's regex never matches a `.`, and a match must start and end at
-    part boundaries, so the regex matches a name iff consecutive parts of the name fullmatch
-    the part regexes in order (a `**` part letting any number of non-empty parts pass). The part
-    regexes are the very ones the full regex is built from (`Part.translate`).
+    A selector matches a name iff consecutive parts of the name fullmatch the selector's parts
+    in order, starting at any part boundary (at the first part when anchored), a `**` part
+    letting any number of non-empty parts pass; the run may end before the name does.
     """
 
     def __init__(self, patterns: Sequence[tuple[str, bool]]) -> None:
         self._floating: list[tuple[int, int]] = []
         self._starts: dict[str, list[tuple[int, int]]] = {}
-        self._parts: list[tuple[re.Pattern[str], ...]] = []
+        self._parts: list[tuple[PartMatch, ...]] = []
         self._gaps: list[frozenset[int]] = []  # i: a `**` lets parts pass before part i
         anchored_list = []
-        for text, anchored in patterns:
-            parts: list[re.Pattern[str]] = []
+        for p, (text, anchored) in enumerate(patterns):
+            parts: list[PartMatch] = []
             gaps: set[int] = set()
             pending = False
-            first_text = None
-            for part, offset in split_parts(text):
-                if part == "**":
+            first = None
+            for part in parse_name_pattern(text):
+                if part == ANY_PARTS:
                     pending = True
                     continue
+                assert isinstance(part, tuple)
                 if pending:
                     gaps.add(len(parts))
                 if not parts:
-                    first_text = part
-                parts.append(_part_regex(part, offset))
+                    first = part
+                parts.append(compile_part(part))
                 pending = False
-            if not parts:  # only `**`: the regex is one whole part, so every name matches
-                parts.append(re.compile(r"[^.]+"))
+            if not parts:  # only `**`: one whole part, so every name with one matches
+                parts.append(_ANY_ONE_PART)
             if not anchored:
                 gaps.discard(0)  # a floating pattern starts at every boundary anyway
             self._parts.append(tuple(parts))
@@ -62,10 +72,10 @@ class PartMatcher:
             if not anchored:
                 # Unanchored patterns start again at every part boundary; one whose first part
                 # is plain text can only start at a part equal to it.
-                if first_text is not None and not any(c in first_text for c in "*?[]{}."):
-                    self._starts.setdefault(first_text, []).append((len(self._parts) - 1, 0))
+                if first is not None and len(first) == 1 and isinstance(first[0], Literal):
+                    self._starts.setdefault(first[0].text, []).append((p, 0))
                 else:
-                    self._floating.append((len(self._parts) - 1, 0))
+                    self._floating.append((p, 0))
         self._states: list[tuple[frozenset[tuple[int, int]], int]] = []
         self._ids: dict[tuple[frozenset[tuple[int, int]], int], int] = {}
         self._next: list[dict[str, int]] = []
@@ -115,15 +125,27 @@ class PartMatcher:
         return out
 
 
-def _part_regex(part: str, offset: int) -> re.Pattern[str]:
-    """The compiled regex of one part of a name pattern (to fullmatch one part of a name)."""
-    try:
-        return _part_regex_cached(part)
-    except PatternError:
-        Part(part, offset).translate()  # raises the error located in the whole pattern
-        raise
+class CompiledSelector:
+    """One name selector, compiled: `matches(name)` says whether it selects `name`."""
+
+    def __init__(self, text: str, anchored: bool = False) -> None:
+        self.text = text
+        self.anchored = anchored
+        self._matcher = PartMatcher([(text, anchored)])
+
+    def matches(self, name: str) -> bool:
+        return bool(self._matcher.bits_of((name,))[0])
+
+    def select(self, names: Iterable[str]) -> list[str]:
+        """The names it selects, in order."""
+        names = list(names)
+        return [n for n, bits in zip(names, self._matcher.bits_of(names), strict=True) if bits]
+
+    def __repr__(self) -> str:
+        return f"CompiledSelector({('^' if self.anchored else '') + self.text!r})"
 
 
-@functools.lru_cache(maxsize=8192)
-def _part_regex_cached(part: str) -> re.Pattern[str]:
-    return re.compile(Part(part, 0).translate())
+@lru_cache(maxsize=4096)
+def compile_name_pattern(text: str, anchored: bool = False) -> CompiledSelector:
+    """Compile a name pattern (without its `^`; `anchored` for the `^` form)."""
+    return CompiledSelector(text, anchored)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from . import arguments
 from .bound import BoundPolicy
 from .nodes import Comment, Statement, TypePattern
 from .printer import format_policy
@@ -58,7 +59,9 @@ class Policy:
         module_types: Mapping[str, Collection[str]] | None = None,
     ) -> BoundPolicy:
         """This policy over a fixed list of names: selections are matched once and cached."""
-        return BoundPolicy(self, tuple(names), module_types)
+        names = arguments.parameter_names(names, "Policy.bind()")
+        module_types = arguments.module_type_map(module_types, "Policy.bind()")
+        return BoundPolicy(self, names, module_types)
 
     def resolve(
         self,
@@ -72,8 +75,11 @@ class Policy:
         """One `Decision` per name at the moment (`epoch`, `step`), both 0-based.
 
         `module_types` maps a parameter name to the class names (with their bases) of the
-        modules that contain it; without it, `type:` selectors select nothing.
+        modules that contain it; without it, `type:` selectors select nothing. A wrong type or
+        a moment that does not exist (`epoch=-1`) is a TypeError or ValueError.
         """
+        arguments.moment(epoch, step, steps_per_epoch)  # before binding: fail fast
+        names = arguments.parameter_names(names, "Policy.resolve()")
         return self.bind(names, module_types).resolve(
             epoch=epoch, step=step, steps_per_epoch=steps_per_epoch
         )
@@ -82,4 +88,6 @@ class Policy:
         """The canonical text of this policy (what `freezepolicy fmt` writes)."""
         return format_policy(self.statements, self.comments)
 
-
+    def __str__(self) -> str:
+        """The canonical text, as `format()` (`repr()` shows the parsed statements)."""
+        return self.format()

@@ -6,14 +6,13 @@ A `Decision` is what the rules in force say about one parameter at one moment. P
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import Diagnostic, PolicyResolveError
-from .nodes import NamePattern, Selector, Statement, TypePattern, When
-from .patterns import compile_name_pattern, compile_type_pattern
+from .glob import compile_type_pattern
+from .matcher import compile_name_pattern
+from .nodes import NamePattern, Selector, Statement, When
 
 
 @dataclass(frozen=True)
@@ -112,32 +111,6 @@ class Rule:
             rules.append(cls(index, st, statement_index, group, start))
         return rules
 
-    @functools.cached_property
-    def _include(self) -> tuple[re.Pattern[str] | None, tuple[re.Pattern[str], ...]]:
-        return _compile_selectors(self.statement.selection.groups[self.group])
-
-    @functools.cached_property
-    def _exclude(self) -> tuple[re.Pattern[str] | None, tuple[re.Pattern[str], ...]]:
-        return _compile_selectors(self.statement.selection.exclude)
-
-    @property
-    def include(self) -> re.Pattern[str] | None:
-        """One regex for the name selectors of this group (None without any)."""
-        return self._include[0]
-
-    @property
-    def include_types(self) -> tuple[re.Pattern[str], ...]:
-        return self._include[1]
-
-    @property
-    def exclude(self) -> re.Pattern[str] | None:
-        """One regex for the name selectors of `except` (None without any)."""
-        return self._exclude[0]
-
-    @property
-    def exclude_types(self) -> tuple[re.Pattern[str], ...]:
-        return self._exclude[1]
-
     @property
     def label(self) -> str:
         """The statement, or for one group of a `then` statement, that group and its time."""
@@ -194,43 +167,24 @@ class Rule:
     def selected(
         self, names: Sequence[str], module_types: Mapping[str, Collection[str]] | None
     ) -> frozenset[int]:
-        """Indices of the names this statement selects (its `except` already removed)."""
-        hits = _match(names, self.include, self.include_types, module_types)
-        if self.exclude is not None or self.exclude_types:
-            hits -= _match(names, self.exclude, self.exclude_types, module_types)
+        """Indices of the names this rule selects (its `except` already removed), selector by
+        selector: the plain definition, which `BoundPolicy.selected` computes faster."""
+        selection = self.statement.selection
+        hits = _match(names, selection.groups[self.group], module_types)
+        if selection.exclude:
+            hits -= _match(names, selection.exclude, module_types)
         return frozenset(hits)
-
-
-def _compile_selectors(
-    selectors: Iterable[Selector],
-) -> tuple[re.Pattern[str] | None, tuple[re.Pattern[str], ...]]:
-    names = [s for s in selectors if isinstance(s, NamePattern)]
-    types = tuple(compile_type_pattern(s.text) for s in selectors if isinstance(s, TypePattern))
-    if not names:
-        return None, types
-    # Duplicates are dropped first: a selector listed twice must not make the regex twice as big.
-    unique = dict.fromkeys((s.text, s.anchored) for s in names)
-    if len(unique) == 1:  # the parser compiled it already: take it from the cache
-        return compile_name_pattern(*next(iter(unique))), types
-    combined = "|".join(compile_name_pattern(t, a).pattern for t, a in unique)
-    return re.compile(combined), types
 
 
 def _match(
     names: Sequence[str],
-    regex: re.Pattern[str] | None,
-    types: tuple[re.Pattern[str], ...],
+    selectors: Iterable[Selector],
     module_types: Mapping[str, Collection[str]] | None,
 ) -> set[int]:
     hits: set[int] = set()
-    if regex is not None:
-        search = regex.search
-        hits.update(i for i, n in enumerate(names) if search(n))
-    if types and module_types is not None:
-        for i, n in enumerate(names):
-            classes = module_types.get(n, ())
-            if any(t.fullmatch(c) for t in types for c in classes):
-                hits.add(i)
+    for selector in selectors:
+        chosen = set(selector_matches(selector, names, module_types))
+        hits.update(i for i, n in enumerate(names) if n in chosen)
     return hits
 
 
@@ -241,8 +195,7 @@ def selector_matches(
 ) -> list[str]:
     """The names one selector matches (used by lint and `show`)."""
     if isinstance(selector, NamePattern):
-        regex = compile_name_pattern(selector.text, selector.anchored)
-        return [n for n in names if regex.search(n)]
+        return compile_name_pattern(selector.text, selector.anchored).select(names)
     glob = compile_type_pattern(selector.text)
     if module_types is None:
         return []
@@ -256,12 +209,27 @@ def rate_of(rule: Rule | None) -> Rate | None:
     return Rate(v.number, v.relative)
 
 
+#: How the FP207 message says where the number of steps per epoch comes from (the command
+#: line says `--steps-per-epoch` instead).
+STEPS_PER_EPOCH_HINT = "pass steps_per_epoch (FreezeScheduler and the Trainer callback do)"
+
+
+def mixes_clocks(rule: Rule) -> bool:
+    """Whether the rule's warm-up counts on the other clock than its start: resolving it then
+    needs the number of steps per epoch (see `Rule.warmup_factor`)."""
+    warmup = rule.statement.warmup
+    if warmup is None:
+        return False
+    start = rule.start or When(warmup.clock, 0)
+    return start.clock != warmup.clock
+
+
 def needs_steps_per_epoch(st: Statement) -> Diagnostic:
     span = st.warmup.span if st.warmup is not None else st.span
     return Diagnostic(
         "FP207",
         f"`{st}` mixes epochs and steps in its warm-up, which needs the number of steps per "
-        "epoch: pass steps_per_epoch (FreezeScheduler and the Trainer callback do)",
+        f"epoch: {STEPS_PER_EPOCH_HINT}",
         "<policy>",
         span.line,
         span.column,

@@ -27,8 +27,8 @@ _EXPECTED_WORDS: dict[str, str] = {
     "THEN": "`then`",
     "EVERY": "`every`",
     "WARMUP": "`warmup`",
-    "AT": "`at`",
-    "FOR": "`for`",
+    "_AT": "`at`",
+    "_FOR": "`for`",
     "FREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
     "UNFREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
     "LR": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
@@ -45,8 +45,8 @@ _KEYWORD_OF_TERMINAL = {
     "THEN": "then",
     "EVERY": "every",
     "WARMUP": "warmup",
-    "AT": "at",
-    "FOR": "for",
+    "_AT": "at",
+    "_FOR": "for",
     "CLOCK": "epoch",
     "FREEZE": "freeze",
     "UNFREEZE": "unfreeze",
@@ -57,6 +57,18 @@ _KEYWORD_OF_TERMINAL = {
 
 
 _SELECTOR_TERMINALS = {"PATTERN", "TYPE_PATTERN"}
+
+#: The words each keyword terminal is spelled as (CLOCK and STATS_MODE have several).
+_SPELLINGS: dict[str, tuple[str, ...]] = {
+    **{t: (k,) for t, k in _KEYWORD_OF_TERMINAL.items() if t != "CLOCK"},
+    "CLOCK": ("epochs", "epoch", "steps", "step"),
+    "STATS_MODE": ("update", "freeze"),
+}
+#: Every keyword, longest first, so `unfreeze` is found before `freeze` and `epochs` before
+#: `epoch` when a run-on word is split.
+_ALL_KEYWORDS = sorted({k for ks in _SPELLINGS.values() for k in ks}, key=len, reverse=True)
+#: A number at the start of a word, as the grammar's NUMBER reads one.
+_NUMBER_PREFIX = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?x?")
 
 
 _WORD = re.compile(r"[^\s,;#]+|[,;]")
@@ -105,12 +117,44 @@ def _term_order(t: str) -> tuple[int, str]:
         "COMMA",
         "THEN",
         "_EXCEPT",
-        "FOR",
-        "AT",
+        "_FOR",
+        "_AT",
         "EVERY",
         "WARMUP",
     ]
     return (order.index(t) if t in order else len(order), t)
+
+
+def split_run_on(word: str) -> list[str]:
+    """`lr0.1xforfc` -> [`lr`, `0.1x`, `for`, `fc`]: the keywords and numbers at the start of a
+    word that runs them into what follows, then the rest (one piece: it may be a selector)."""
+    pieces: list[str] = []
+    rest = word
+    while rest:
+        keyword = next((k for k in _ALL_KEYWORDS if rest.startswith(k)), None)
+        number = _NUMBER_PREFIX.match(rest)
+        if keyword is not None:
+            piece = keyword
+        elif number is not None:
+            piece = number.group()
+        else:
+            piece = rest
+        pieces.append(piece)
+        rest = rest[len(piece) :]
+    return pieces
+
+
+def _run_on(found: str, expected: set[str]) -> str | None:
+    """`found` split into words, when it starts with a keyword or number that was expected
+    here but runs into the next word (`freezefc`, `forfc`, `3warmup`)."""
+    pieces = split_run_on(found)
+    if len(pieces) < 2:
+        return None
+    first = pieces[0]
+    wanted = any(first in _SPELLINGS.get(t, ()) for t in expected) or (
+        "NUMBER" in expected and _NUMBER_PREFIX.fullmatch(first) is not None
+    )
+    return " ".join(pieces) if wanted else None
 
 
 def _suggest(word: str, candidates: Iterable[str]) -> str:
@@ -119,8 +163,10 @@ def _suggest(word: str, candidates: Iterable[str]) -> str:
 
 
 def syntax_diagnostic(
-    exc: UnexpectedInput, text: str, pos: int, path: str, lines: list[str]
+    exc: UnexpectedInput, text: str, pos: int, path: str, where: tuple[int, int, str]
 ) -> Diagnostic:
+    """The message for a place where the parser stopped; `where` is the line, column and
+    line text at `pos`."""
     if isinstance(exc, UnexpectedToken):
         expected = set(exc.expected)
         found_type = exc.token.type
@@ -131,10 +177,8 @@ def syntax_diagnostic(
     at_end = pos >= len(text) or text[pos] in "\n;" or found_type in ("$END", "_SEP")
     match = None if at_end else _WORD.match(text, pos)
     found = match.group() if match else ""
-    line = text.count("\n", 0, pos) + 1
-    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    line, col, source_line = where
     end_col = col + max(1, len(found))
-    source_line = lines[line - 1] if line - 1 < len(lines) else ""
     shown = f"`{clip(found)}`" if found else "the end of the statement"
     prev = _previous_word(text, pos)
     prev = clip(prev) if prev is not None else None
@@ -142,6 +186,15 @@ def syntax_diagnostic(
     def diag(code: str, message: str) -> Diagnostic:
         return Diagnostic(code, message, path, line, col, end_col, source_line)
 
+    split = _run_on(found, expected) if found else None
+    if split is not None:
+        # After a selector the word may be another selector that lacks its `,`.
+        other = "; or, for another selector, put `,` before it" if "COMMA" in expected else ""
+        return diag(
+            "FP110",
+            f"{shown} runs words together; did you mean `{clip(split)}`{other}? (a keyword or"
+            " number ends at a space, `,`, `;`, `#` or the end of the line)",
+        )
     if expected & {"FREEZE", "UNFREEZE", "LR", "DECAY", "STATS"}:
         if found and found not in (",",):
             return diag(
@@ -191,7 +244,7 @@ def syntax_diagnostic(
             f"expected `update` or `freeze` after `stats`, as in `stats update for bn1`,"
             f" found {shown}{hint}",
         )
-    if expected == {"FOR"}:
+    if expected == {"_FOR"}:
         suggestion = _suggest(found, ("for",)) if found else ""
         return diag(
             "FP103",
