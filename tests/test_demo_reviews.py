@@ -30,7 +30,7 @@ from freezepolicy.demo.minilm import (  # noqa: E402
     minilm_classifier,
     tokenizer,
 )
-from freezepolicy.demo.reviews import RUNS, main, positive  # noqa: E402
+from freezepolicy.demo.reviews import CACHED_RUNS, RUNS, main, positive  # noqa: E402
 from freezepolicy.demo.reviews_data import (  # noqa: E402
     DemoDataError,
     Snippet,
@@ -194,11 +194,29 @@ def test_shrunken_demo_offline(tmp_path):
         "trainable", "params",
     ]  # fmt: skip
 
+    # The runs again with cache_frozen, two epochs each: the second takes every snippet's frozen
+    # part from the cache, and the table shows it beside the uncached run of the same policy.
+    for spec in CACHED_RUNS:
+        head = f"\n{spec.name}: policy {spec.policy}, {spec.init} weights with cache_frozen\n"
+        assert head in out
+        assert f"  {spec.name:<22} epoch 2/2  loss " in out
+        assert "cache: 32 hits, 0 misses" in out
+    cache_table = out[out.index("The same policies with the frozen part cached") :]
+    assert [line.split("  ")[0] for line in cache_table.splitlines()[4:6]] == [
+        s.name for s in CACHED_RUNS
+    ]
+
     document = json.loads((tmp_path / "demo.json").read_text(encoding="utf-8"))
     runs = document["runs"]
-    assert [(r["run"], r["policy"], r["init"]) for r in runs] == [
-        (s.name, s.policy, s.init) for s in RUNS
+    assert [(r["run"], r["policy"], r["init"], r["cached"]) for r in runs] == [
+        (s.name, s.policy, s.init, s.cached) for s in (*RUNS, *CACHED_RUNS)
     ]
+    for r in runs[len(RUNS) :]:
+        first, second = r["epochs"]
+        assert (first["cache"]["hits"], first["cache"]["misses"]) == (0, 32)
+        assert (second["cache"]["hits"], second["cache"]["misses"]) == (32, 0)
+        assert second["cache"]["capture_seconds"] == 0  # nothing captured again
+    runs = runs[: len(RUNS)]
     for r in runs:
         assert {"run", "policy", "init", "test_acc", "s_per_epoch", "trainable_params"} <= set(r)
         assert 0 <= r["test_acc"] <= 1 and r["s_per_epoch"] > 0 and r["cpu_s_per_epoch"] > 0

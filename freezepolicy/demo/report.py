@@ -22,6 +22,8 @@ class RunResult:
     init: str  # "pretrained" or "random"
     test_acc: float
     history: RunHistory
+    #: Trained through `freezepolicy.cache_frozen` (its epochs carry the cache's statistics).
+    cached: bool = False
 
     @property
     def val_acc(self) -> float:
@@ -58,6 +60,7 @@ class RunResult:
             "val_acc": self.val_acc,
             "cpu_s_per_epoch": self.cpu_s_per_epoch,
             "trainable_params_from_step": [list(p) for p in self.history.phases],
+            "cached": self.cached,
             "epochs": [
                 {
                     "epoch": e.epoch,
@@ -66,6 +69,7 @@ class RunResult:
                     "seconds": e.seconds,
                     "cpu_seconds": e.cpu_seconds,
                     "trainable_params": e.trainable_params,
+                    **({} if e.cache is None else {"cache": e.cache}),
                 }
                 for e in self.history.epochs
             ],
@@ -98,6 +102,50 @@ def results_table(results: Sequence[RunResult]) -> str:
         for r in results
     ]
     return format_table(header, rows, left=3)
+
+
+def uncached_twin(run: RunResult, results: Sequence[RunResult]) -> RunResult | None:
+    """The uncached run of the same policy and init as the cached `run`, if there is one."""
+    return next(
+        (r for r in results if not r.cached and (r.policy, r.init) == (run.policy, run.init)),
+        None,
+    )
+
+
+def cache_table(cached: Sequence[RunResult], results: Sequence[RunResult]) -> str:
+    """One row per cached run, beside the uncached run of the same policy: CPU seconds of an
+    uncached epoch, of the cached run's first epoch (filling the cache, the graph capture
+    included) and of its later epochs (frozen part from the cache), and their ratio."""
+    header = (
+        "run",
+        "policy",
+        "uncached",
+        "1st epoch (fill)",
+        "later epochs",
+        "later / uncached",
+        "cache hits",
+        "test acc",
+    )
+    rows = []
+    for r in cached:
+        twin = uncached_twin(r, results)
+        first, *later = r.history.epochs
+        later_cpu = sum(e.cpu_seconds for e in later) / len(later) if later else float("nan")
+        hits = sum(int((e.cache or {}).get("hits", 0)) for e in later)
+        seen = hits + sum(int((e.cache or {}).get("misses", 0)) for e in later)
+        rows.append(
+            (
+                r.run,
+                r.policy,
+                "-" if twin is None else f"{twin.cpu_s_per_epoch:.1f} s",
+                f"{first.cpu_seconds:.1f} s",
+                f"{later_cpu:.1f} s" if later_cpu >= 1 else f"{later_cpu:.2f} s",
+                "-" if twin is None else f"{later_cpu / twin.cpu_s_per_epoch:.2f}x",
+                f"{hits / seen:.0%}" if seen else "-",
+                f"{r.test_acc:.3f} ({len(r.history.epochs)} epochs)",
+            )
+        )
+    return format_table(header, rows, left=2)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
@@ -143,9 +191,17 @@ def write_json(
 COLOURS = {"pretrained": "tab:blue", "random": "tab:grey"}
 
 
-def plot(results: Sequence[RunResult], baseline: tuple[str, float], title: str, path: Path) -> Path:
+def plot(
+    results: Sequence[RunResult],
+    baseline: tuple[str, float],
+    title: str,
+    path: Path,
+    cached: Sequence[RunResult] = (),
+) -> Path:
     """Two bar charts side by side, one bar per run: test accuracy, and CPU seconds per epoch.
-    `baseline` is the majority class of the test set and its share, drawn as a line.
+    `baseline` is the majority class of the test set and its share, drawn as a line. With
+    `cached` runs, a third chart shows each beside its uncached run: the CPU seconds of an
+    uncached epoch, of the cached run's first epoch and of its later ones.
 
     The time is CPU time: the demo trains on one thread, so it is the wall-clock time the epoch
     takes on a core of its own, while the wall-clock time measured on cores shared with other
@@ -161,9 +217,18 @@ def plot(results: Sequence[RunResult], baseline: tuple[str, float], title: str, 
     labels = [f"{r.run}\n{r.trainable_label()} trainable" for r in results]
     colours = [COLOURS.get(r.init, "tab:red") for r in results]
     ys = list(range(len(results)))[::-1]  # the first run on top
-    fig, (acc_ax, time_ax) = plt.subplots(
-        1, 2, figsize=(11, 0.75 * len(results) + 1.8), sharey=True, width_ratios=(1.25, 1)
-    )
+    height = 0.75 * len(results) + 1.8
+    if cached:
+        fig, axes = plt.subplots(
+            1, 3, figsize=(17, height), width_ratios=(1.25, 1, 1), layout="constrained"
+        )
+        acc_ax, time_ax, cache_ax = axes
+        time_ax.sharey(acc_ax)
+        time_ax.tick_params(labelleft=False)
+    else:
+        fig, (acc_ax, time_ax) = plt.subplots(
+            1, 2, figsize=(11, height), sharey=True, width_ratios=(1.25, 1)
+        )
 
     accs = [r.test_acc for r in results]
     acc_ax.barh(ys, accs, color=colours, height=0.6)
@@ -190,7 +255,7 @@ def plot(results: Sequence[RunResult], baseline: tuple[str, float], title: str, 
         note = f"{s:.1f} s" if i == 0 else f"{s:.1f} s ({s / seconds[0]:.2f}x)"
         time_ax.text(s + max(seconds) * 0.01, y, note, va="center", fontsize=10)
     time_ax.set_xlim(0, max(seconds) * 1.35)
-    time_ax.set_xlabel("CPU seconds per training epoch, one thread (lower is better)")
+    time_ax.set_xlabel("CPU seconds per training epoch (lower is better)")
 
     for ax in (acc_ax, time_ax):
         ax.grid(axis="x", alpha=0.3)
@@ -200,9 +265,51 @@ def plot(results: Sequence[RunResult], baseline: tuple[str, float], title: str, 
         matplotlib.patches.Patch(color=c, label=f"{init} weights") for init, c in COLOURS.items()
     ]
     acc_ax.legend(handles=handles, loc="lower right", fontsize=9)
+    if cached:
+        _plot_cache(cache_ax, cached, results)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    if not cached:
+        fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return write_atomically(path, buffer.getvalue())
+
+
+def _plot_cache(ax: Any, cached: Sequence[RunResult], results: Sequence[RunResult]) -> None:
+    """Per cached run, three bars of CPU seconds: an uncached epoch of the same policy, the
+    cached run's first epoch (filling the cache), and its later epochs (from the cache)."""
+    kinds = (
+        ("uncached epoch", "tab:blue"),
+        ("cached: 1st epoch (fill)", "tab:orange"),
+        ("cached: later epochs", "tab:green"),
+    )
+    labels = []
+    top = len(cached) - 1
+    for i, run in enumerate(cached):
+        twin = uncached_twin(run, results)
+        first, *later = run.history.epochs
+        values = [
+            twin.cpu_s_per_epoch if twin is not None else 0.0,
+            first.cpu_seconds,
+            sum(e.cpu_seconds for e in later) / len(later) if later else 0.0,
+        ]
+        y = top - i
+        for k, ((label, colour), value) in enumerate(zip(kinds, values, strict=True)):
+            yk = y + 0.25 - 0.25 * k
+            ax.barh(yk, value, height=0.24, color=colour, label=label if i == 0 else None)
+            note = f"{value:.1f} s" if value >= 1 else f"{value:.2f} s"
+            if k == 2 and values[0]:
+                note += f" ({value / values[0]:.2f}x)"
+            ax.text(value + 0.2, yk, note, va="center", fontsize=9)
+        labels.append(run.run.replace(", cached", ""))
+    ax.set_yticks(list(range(top, -1, -1)), labels, fontsize=9)
+    ax.set_ylim(-0.7, top + 0.9)
+    longest = max(
+        (e.cpu_seconds for r in cached for e in r.history.epochs), default=1.0
+    )
+    ax.set_xlim(0, longest * 1.45)
+    ax.set_xlabel("with cache_frozen: CPU seconds per epoch")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="lower right", fontsize=8)

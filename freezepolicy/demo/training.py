@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freezepolicy import FreezeScheduler, Policy, param_groups
+from freezepolicy import CachedModule, FreezeScheduler, Policy, param_groups
 
 from .minilm import Encoded
 
@@ -56,6 +56,10 @@ class EpochResult:
     #: cores barely change, while they can stretch `seconds` several times.
     cpu_seconds: float
     trainable_params: int  # at the end of the epoch
+    #: For a model wrapped in `freezepolicy.cache_frozen`: what the cache did in this epoch
+    #: (samples whose frozen part came from the cache, samples computed and stored, seconds
+    #: spent computing and capturing the graph); None for a plain model.
+    cache: dict[str, float] | None = None
 
 
 @dataclass
@@ -91,6 +95,12 @@ def accuracy(model: nn.Module, data: Encoded, batch_size: int = 128) -> float:
         correct += int((model(ids, mask).argmax(dim=1) == labels).sum())
     model.train(was_training)
     return correct / max(len(data), 1)
+
+
+def plain_model(model: nn.Module) -> nn.Module:
+    """The model itself, also when `model` is its `cache_frozen` wrapper: evaluation runs it
+    directly (validation and test snippets are seen once each, so caching them gains nothing)."""
+    return model.model if isinstance(model, CachedModule) else model
 
 
 def length_grouped_batches(
@@ -147,20 +157,30 @@ def make_optimizer(
     return Optimization(optimizer, decay, fs)
 
 
+def epoch_batches(batches: list[torch.Tensor], epoch: int, seed: int) -> list[torch.Tensor]:
+    """The order of the run's batches in `epoch`: as composed in the first epoch, shuffled in
+    each later one. The batches themselves (which snippets, padded to which length) stay the same
+    all run, as a bucketing loader's would, so a snippet reaches the model as the same tensor row
+    every epoch (what lets `cache_frozen` find it again)."""
+    if epoch == 0:
+        return batches
+    generator = torch.Generator().manual_seed(seed + epoch)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def train_epoch(
     name: str,
     model: nn.Module,
     data: Encoded,
+    batches: list[torch.Tensor],
     epoch: int,
     opt: Optimization,
     settings: TrainSettings,
     log: Log,
 ) -> tuple[float, float, float]:
-    """One pass over `data` in a seeded order (the same for every run); returns (mean loss,
-    wall-clock seconds, CPU seconds) of its training steps."""
+    """One pass over `batches` (the epoch's order of them: the same for every run); returns
+    (mean loss, wall-clock seconds, CPU seconds) of its training steps."""
     n = len(data)
-    generator = torch.Generator().manual_seed(settings.seed + epoch)
-    batches = length_grouped_batches(data, settings.batch_size, settings.pool_batches, generator)
     every = max(1, math.ceil(len(batches) / settings.progress_lines))
     fs = opt.fs
     seen = len(fs.history)
@@ -178,6 +198,7 @@ def train_epoch(
     fs.start_epoch(epoch)
     note_changes()
     model.train()
+    batches = epoch_batches(batches, epoch, settings.seed)
     total, seen_snippets = 0.0, 0
     started, cpu_started = time.perf_counter(), time.process_time()
     for i, index in enumerate(batches, start=1):
@@ -208,22 +229,48 @@ def train(
     settings: TrainSettings,
     log: Log = print,
 ) -> RunHistory:
-    """Train `model` under `policy` for `settings.epochs` epochs, with a line per epoch."""
+    """Train `model` under `policy` for `settings.epochs` epochs, with a line per epoch.
+
+    `model` may be wrapped in `freezepolicy.cache_frozen`: the policy, the optimizer and the
+    training steps then go through the wrapper (they share the model's parameters), and each
+    epoch's line says what the cache did."""
     steps_per_epoch = math.ceil(len(train_data) / settings.batch_size)
     # Dropout draws from the global generator: seeded here, every run gets the same masks
     # whatever ran before it, and the demo prints the same accuracies every time.
     torch.manual_seed(settings.seed)
     opt = make_optimizer(model, policy, settings, steps_per_epoch)
+    generator = torch.Generator().manual_seed(settings.seed)
+    batches = length_grouped_batches(
+        train_data, settings.batch_size, settings.pool_batches, generator
+    )
     history = RunHistory()
     for epoch in range(settings.epochs):
-        loss, seconds, cpu = train_epoch(name, model, train_data, epoch, opt, settings, log)
-        val_acc = accuracy(model, val_data, settings.eval_batch_size)
-        done = EpochResult(epoch, loss, val_acc, seconds, cpu, trainable_elements(model))
+        loss, seconds, cpu = train_epoch(
+            name, model, train_data, batches, epoch, opt, settings, log
+        )
+        val_acc = accuracy(plain_model(model), val_data, settings.eval_batch_size)
+        cache = None
+        if isinstance(model, CachedModule):
+            stats = model.stats()
+            cache = {
+                "hits": stats.hits,
+                "misses": stats.misses,
+                "fill_seconds": stats.fill_seconds,
+                "capture_seconds": stats.capture_seconds,
+                "bytes": stats.bytes,
+            }
+            model.reset_stats()
+        done = EpochResult(epoch, loss, val_acc, seconds, cpu, trainable_elements(model), cache)
         history.epochs.append(done)
+        cached = (
+            ""
+            if cache is None
+            else f"  cache: {int(cache['hits']):,} hits, {int(cache['misses']):,} misses"
+        )
         log(
             f"  {name:<22} epoch {epoch + 1}/{settings.epochs}  loss {loss:.3f}  "
             f"val acc {val_acc:.3f}  {seconds:.1f} s ({cpu:.1f} s CPU)  "
-            f"trainable {done.trainable_params:,}"
+            f"trainable {done.trainable_params:,}{cached}"
         )
     history.phases = [(r.step, r.trainable_elements) for r in opt.fs.history]
     return history
