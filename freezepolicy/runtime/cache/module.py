@@ -12,9 +12,12 @@ print(cached.stats())                                 # hits, misses, bytes, tim
 ```
 
 On each call the wrapper checks, in this order, everything its cached values depend on: the
-inputs' structure and shapes, each module's train/eval mode, which parameters train (the cut),
-the identity and version of every frozen tensor a cached value was computed from, and each
-sample's content. Anything it cannot cache runs as the model would, with a warning saying why.
+inputs' structure, dtypes and ranks and each module's train/eval mode (the call signature), a
+capture of that signature that serves the inputs' sizes (one capture serves every sequence
+length the model allows; `shapes.py`), which parameters train (the cut), the identity and
+version of every frozen tensor a cached value was computed from, and each sample's content (its
+padded row: the same text padded to another length is another sample). Anything it cannot
+cache runs as the model would, with a warning saying why.
 """
 
 from __future__ import annotations

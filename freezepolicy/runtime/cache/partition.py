@@ -5,6 +5,9 @@ A node is *live* when its value depends on a trainable tensor (a parameter with
 written in place, such as BatchNorm's `num_batches_tracked`), or when caching it would not be
 exact: randomness, or a value that mixes the samples of a batch. Everything else is *frozen*: a
 function of the frozen tensors and of each sample alone, the same every time the sample comes.
+A value keeps samples apart when its first dimension is the batch, or `batch * k` rows in
+batch-major order with k a whole number of rows per sample (k may be symbolic: the tokens of
+a flattened `(batch * tokens, features)` view; `shapes.py` decides); anything else is live.
 
 The frozen values the live part reads are the *boundary*. Each boundary value that depends on the
 input and on some frozen tensor is cached per sample; values that depend on no frozen tensor (a
