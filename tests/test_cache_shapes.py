@@ -127,27 +127,30 @@ def test_one_capture_serves_every_image_size() -> None:
 
 
 class _Branches(nn.Module):
-    """A frozen part whose code branches on the sequence length and on the batch size: the
-    graph export captures holds one branch of each, under a guard on the sizes."""
+    """A frozen part whose code branches on the sequence length and on the batch size (the
+    graph export captures holds one side of each, under a guard on the sizes), or on the data
+    (which torch.export cannot capture)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on: str = "sizes") -> None:
         super().__init__()
+        self.on = on
         self.enc = nn.Linear(4, 4)
         self.head = nn.Linear(4, 2)
+        self.enc.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.enc(x)
-        if x.shape[1] > 4:
-            h = h * 2
-        if x.shape[0] > 3:
-            h = h + 1
+        if self.on == "data":
+            h = -h if h.sum() > 0 else h
+        else:
+            h = h * 2 if x.shape[1] > 4 else h
+            h = h + 1 if x.shape[0] > 3 else h
         return self.head(h.mean(1))
 
 
 def test_sizes_the_model_branches_on_or_fixes_get_captures_of_their_own() -> None:
     torch.manual_seed(0)
     model = _Branches()
-    model.enc.requires_grad_(False)
     cached = freezepolicy.cache_frozen(model)
     captures = []
     # (batch, length): both sides of each branch, then sizes served by an earlier capture, a
@@ -189,24 +192,8 @@ def test_shape_spec_checks_sizes_ranges_guards_and_rows_per_sample() -> None:
         assert not spec.rows_per_sample(rows, batch), rows
 
 
-class _DataBranch(nn.Module):
-    """Code that branches on the data: torch.export cannot capture it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc = nn.Linear(4, 4)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.enc(x)
-        if h.sum() > 0:
-            h = -h
-        return self.head(h.mean(1))
-
-
 def test_a_model_export_cannot_capture_is_tried_once_for_all_sizes() -> None:
-    model = _DataBranch()
-    model.enc.requires_grad_(False)
+    model = _Branches(on="data")
     cached = freezepolicy.cache_frozen(model)
     with pytest.warns(UserWarning, match="caching is off for these inputs: torch.export could"):
         for length in (3, 5, 3):
