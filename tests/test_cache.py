@@ -63,7 +63,7 @@ def test_trainable_block_reads_the_frozen_value_twice_and_updates_its_batch_norm
     assert_same_runs(a, b, exact=False)
     assert_same_state(ref, cached.model, exact=False)
     assert cached.model.layer2.bn1.num_batches_tracked.item() == 4
-    part = next(iter(next(iter(cached._captures.values())).partitions.values()))
+    part = next(iter(next(iter(cached._captures.values()))[0].partitions.values()))
     assert part.boundary == 1  # one value, layer1's output, read by both paths of layer2
     assert cached.stats().hits == 8
 
@@ -193,15 +193,18 @@ def test_values_with_several_rows_per_sample_are_cached_per_sample() -> None:
     model = _Flattened()
     model.a.requires_grad_(False)
     ref, cached = twins(model)
+    # Samples of 3 tokens and of 5: rows per sample is the (symbolic) number of tokens.
     x, y = torch.randn(6, 3, 4), torch.randint(0, 2, (6,))
+    x5 = torch.randn(4, 5, 4)
     order = [
-        [(x[:3], y[:3]), (x[3:], y[3:])],
-        [(x[[4, 0, 2]], y[[4, 0, 2]]), (x[[1, 5, 3]], y[[1, 5, 3]])],
+        [(x[:3], y[:3]), (x5, y[:4]), (x[3:], y[3:])],
+        [(x[[4, 0, 2]], y[[4, 0, 2]]), (x5[[3, 1]], y[:2]), (x[[1, 5, 3]], y[[1, 5, 3]])],
     ]
     a, b = train_twins(ref, cached, order)
     assert_same_runs(a, b, exact=False)
     s = cached.stats()
-    assert (s.misses, s.hits, s.bytes) == (6, 6, 6 * 3 * 4 * 4)  # 3 rows of 4 floats each
+    assert (s.misses, s.hits, s.captures) == (10, 8, 1)
+    assert s.bytes == (6 * 3 + 4 * 5) * 4 * 4  # 3 or 5 rows of 4 floats each
 
 
 class _Mixing(nn.Module):
@@ -219,6 +222,12 @@ class _Mixing(nn.Module):
             h = torch.softmax(h, dim=0)
         elif self.how == "centered":
             h = h - h.mean(0, keepdim=True)
+        elif self.how == "cat":  # the first halves of all samples, then the second halves
+            h = torch.cat([h[:, :3], h[:, 3:]], 0).reshape(h.shape[0], 6)
+        elif self.how == "repeat":  # each row gets the previous sample's values
+            h = h.repeat(2, 1)[h.shape[0] - 1 : -1]
+        elif self.how == "pad":  # the same, by a row of zeros in front
+            h = nn.functional.pad(h, (0, 0, 1, 0))[:-1]
         else:
             h = h + torch.arange(h.shape[0])[:, None]
         return self.head(h)
@@ -229,6 +238,9 @@ class _Mixing(nn.Module):
     [
         ("softmax", "works along the batch dimension"),
         ("centered", "mixes or moves the batch dimension"),
+        ("cat", "aten.cat.default works along the batch dimension"),
+        ("repeat", "aten.repeat.default works along the batch dimension"),
+        ("pad", r"gives s\d+ \+ 1 rows, not a whole number of rows per sample"),
         ("position", "position in the batch"),
     ],
 )

@@ -4,8 +4,10 @@ The cache cuts the model where its computation stops depending on trainable tens
 the model's real dataflow, not its module order: values built outside any module (BERT's
 attention mask, ResNet's flatten), skip connections, modules called twice. `torch.export`
 (non-strict) gives that as an ATen graph whose parameters, buffers and inputs are placeholders
-(`graph_signature.input_specs`), with the batch dimension symbolic (`Dim.AUTO`), so one capture
-serves every batch size of 2 or more.
+(`graph_signature.input_specs`), with every dimension of every tensor input marked `Dim.AUTO`:
+export keeps a size symbolic unless the model's code needs its value, so one capture serves every
+batch size of 2 or more and, when the model allows, every sequence length or image size
+(`shapes.py` says which sizes a capture serves).
 
 The graph of torch 2.14's export is not functional: `relu_`, `out += identity` and BatchNorm's
 statistics updates write in place. Writes into the model's state (buffers) stay as they are and
@@ -14,9 +16,11 @@ out-of-place forms when nothing can observe the difference (no alias of the writ
 before the write is read after it); otherwise the capture is refused (`CaptureError`) and the
 model runs uncached, with a warning.
 
-A capture is valid for one *call signature*: the structure of the inputs, each tensor's dtype,
-device and shape past the batch dimension, every non-tensor input's value (export bakes them
-in), and the train/eval mode of every module (export bakes in dropout and BatchNorm modes).
+A capture is made for one *call signature*: the structure of the inputs, each tensor's dtype,
+device and number of dimensions, every non-tensor input's value (export bakes them in), and the
+train/eval mode of every module (export bakes in dropout and BatchNorm modes); within it, for the
+input sizes its `ShapeSpec` serves (the sizes export kept symbolic take any value the model's
+guards allow; the ones it specialized, their captured value).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch.export.graph_signature import InputKind, OutputKind, TensorArgument
 from torch.utils import _pytree as pytree
 
 from .. import norm
+from .shapes import Shapes, ShapeSpec, shape_spec
 
 _CAPTURE_IDS = itertools.count()
 #: Node meta key: the in-place op a node was before `functionalize_intermediates` rewrote it.
@@ -53,7 +58,8 @@ class Inputs:
     leaves: tuple[Any, ...]
     spec: Any  # pytree TreeSpec of (args, kwargs)
     batch: int  # the common size of dimension 0 of every tensor input
-    signature: Hashable  # everything of the inputs a capture depends on, but the batch size
+    signature: Hashable  # everything of the inputs a capture depends on, but their sizes
+    shapes: Shapes  # the shape of each tensor input
 
 
 def flatten_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Inputs:
@@ -61,12 +67,14 @@ def flatten_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Inputs:
     leaves, spec = pytree.tree_flatten((args, kwargs))
     sizes = set()
     parts: list[Hashable] = []
+    shapes = []
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             if leaf.dim() == 0:
                 raise CaptureError("a tensor input has no batch dimension (it is a scalar)")
             sizes.add(leaf.shape[0])
-            parts.append(("T", leaf.dtype, leaf.device, tuple(leaf.shape[1:]), leaf.requires_grad))
+            shapes.append(tuple(leaf.shape))
+            parts.append(("T", leaf.dtype, leaf.device, leaf.dim(), leaf.requires_grad))
         else:
             try:
                 hash(leaf)
@@ -82,7 +90,7 @@ def flatten_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Inputs:
             f"the tensor inputs differ in their first dimension ({sorted(sizes)}): no common "
             "batch dimension to cache per sample"
         )
-    return Inputs(tuple(leaves), spec, sizes.pop(), (spec, tuple(parts)))
+    return Inputs(tuple(leaves), spec, sizes.pop(), (spec, tuple(parts)), tuple(shapes))
 
 
 def hooked_modules(model: nn.Module) -> list[str]:
@@ -130,6 +138,8 @@ class Capture:
     #: The sympy symbols of the inputs' batch sizes (export gives each input its own; the cache
     #: makes sure they are equal); empty when export kept the batch size static.
     batch_symbols: frozenset[Any]
+    #: The input sizes the graph is valid for.
+    shapes: ShapeSpec
     seconds: float
     partitions: dict[tuple[bool, ...], Any] = field(default_factory=dict)
     classifier: Any = None  # partition.Classifier, made once per capture
@@ -141,11 +151,15 @@ class Capture:
 
 
 def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> Any:
-    """`Dim.AUTO` for dimension 0 of every tensor input, by argument name."""
+    """`Dim.AUTO` for every dimension of every tensor input, by argument name: export decides
+    which sizes stay symbolic (`shapes.py`)."""
 
     def spec(value: Any) -> Any:
         return pytree.tree_map(
-            lambda leaf: {0: Dim.AUTO} if isinstance(leaf, torch.Tensor) else None, value
+            lambda leaf: dict.fromkeys(range(leaf.dim()), Dim.AUTO)
+            if isinstance(leaf, torch.Tensor)
+            else None,
+            value,
         )
 
     try:
@@ -155,8 +169,9 @@ def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> Any:
     return {name: spec(value) for name, value in bound.arguments.items()}
 
 
-def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
-    """Export `model` called with (`args`, `kwargs`) and describe the graph's inputs."""
+def capture(model: nn.Module, args: tuple, kwargs: dict, shapes: Shapes) -> Capture:
+    """Export `model` called with (`args`, `kwargs`), whose tensor inputs have `shapes`, and
+    describe the graph's inputs."""
     started = time.perf_counter()
     try:
         ep = torch.export.export(
@@ -170,12 +185,21 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
     graph = ep.graph_module.graph
     functionalize_intermediates(graph)
     placeholders = _placeholders(ep, model)
+    inputs = sorted(  # the tensor inputs, in the order of the call's leaves
+        (n for n in graph.nodes if n.op == "placeholder" and placeholders[n.name].kind == "input"),
+        key=lambda n: placeholders[n.name].leaf,
+    )
     return Capture(
         graph=graph,
         root=ep.graph_module,
         placeholders=placeholders,
         out_spec=_out_spec(ep),
-        batch_symbols=_batch_symbols(graph, placeholders),
+        batch_symbols=frozenset(
+            size.node.expr
+            for size in (n.meta["val"].shape[0] for n in inputs)
+            if isinstance(size, torch.SymInt)
+        ),
+        shapes=shape_spec(inputs, ep.range_constraints, shapes),
         seconds=time.perf_counter() - started,
     )
 
@@ -212,18 +236,6 @@ def _placeholders(ep: ExportedProgram, model: nn.Module) -> dict[str, Placeholde
         else:
             raise CaptureError(f"the graph has an input of kind {spec.kind.name}")
     return out
-
-
-def _batch_symbols(graph: fx.Graph, placeholders: dict[str, Placeholder]) -> frozenset[Any]:
-    """The symbols of the tensor inputs' first dimensions (static ones are left out)."""
-    out = set()
-    for node in graph.nodes:
-        p = placeholders.get(node.name)
-        if node.op == "placeholder" and p is not None and p.kind == "input":
-            size = node.meta["val"].shape[0]
-            if isinstance(size, torch.SymInt):
-                out.add(size.node.expr)
-    return frozenset(out)
 
 
 # --- in-place writes ----------------------------------------------------------------------------

@@ -34,8 +34,8 @@ class Partition:
     #: For each stored value: the frozen tensors it is computed from (its cache is valid while
     #: they are the same tensors with the same versions).
     sources: list[list[torch.Tensor]] = field(default_factory=list)
-    #: For each stored value: whether its first dimension is batch x k rows (k per sample),
-    #: not the batch itself.
+    #: For each stored value: whether its first dimension is batch x k rows (k per sample,
+    #: maybe symbolic: read from the value's size when it is split), not the batch itself.
     grouped: list[bool] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     #: For each stored value: the inputs (indices of flattened leaves) it is computed from,

@@ -12,9 +12,12 @@ print(cached.stats())                                 # hits, misses, bytes, tim
 ```
 
 On each call the wrapper checks, in this order, everything its cached values depend on: the
-inputs' structure and shapes, each module's train/eval mode, which parameters train (the cut),
-the identity and version of every frozen tensor a cached value was computed from, and each
-sample's content. Anything it cannot cache runs as the model would, with a warning saying why.
+inputs' structure, dtypes and ranks and each module's train/eval mode (the call signature), a
+capture of that signature that serves the inputs' sizes (one capture serves every sequence
+length the model allows; `shapes.py`), which parameters train (the cut), the identity and
+version of every frozen tensor a cached value was computed from, and each sample's content (its
+padded row: the same text padded to another length is another sample). Anything it cannot
+cache runs as the model would, with a warning saying why.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ...lang.policy import Policy
 from .capture import (
     Capture,
     CaptureError,
+    Inputs,
     capture,
     flatten_inputs,
     hooked_modules,
@@ -47,6 +51,9 @@ from .store import Store
 
 #: Partitions kept per capture (one per trainable set seen); a schedule has a few.
 PARTITIONS_KEPT = 8
+#: Input sizes remembered with the capture that serves them (a dict lookup instead of checking
+#: each capture's sizes and guards); forgotten all at once past this many.
+SIZES_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,9 @@ class CacheStats:
     hits: int = 0  # samples whose frozen values came from the cache
     misses: int = 0  # samples whose frozen part was computed (and stored)
     fill_seconds: float = 0.0  # time spent computing the frozen part for misses
-    captures: int = 0  # graph captures (torch.export), one per call signature and mode
+    #: Graph captures (torch.export): one per call signature and mode, and one more for each
+    #: other size the model's code fixes or branches on (docs/caching.md).
+    captures: int = 0
     capture_seconds: float = 0.0
     entries: int = 0  # (value, sample) entries held
     bytes: int = 0  # bytes of tensors held
@@ -98,7 +107,11 @@ class CachedModule(nn.Module):
         self._orig_mod = model
         self.frozen_dropout = frozen_dropout
         self._store = Store(max_bytes)
-        self._captures: dict[Hashable, Capture | CaptureError] = {}
+        # Captures by call signature (sizes aside), each serving the sizes its ShapeSpec says;
+        # the signatures export could not capture; and which capture serves which sizes.
+        self._captures: dict[Hashable, list[Capture]] = {}
+        self._refused: dict[Hashable, CaptureError] = {}
+        self._serving: dict[Hashable, Capture | CaptureError] = {}
         self._ids: tuple[int, ...] | None = None
         self._warned: set[str] = set()
         self._counts: dict[str, Any] = {}
@@ -179,12 +192,14 @@ class CachedModule(nn.Module):
         modes, ids = model_state(model)
         if ids != self._ids:  # parameters or buffers replaced: every capture refers to old ones
             self._captures.clear()
+            self._refused.clear()
+            self._serving.clear()
             self._store.clear()
             self._ids = ids
-        key = (modes, inputs.signature, inputs.batch if inputs.batch < 2 else None)
-        cap = self._captures.get(key)
+        signature = (modes, inputs.signature, inputs.batch if inputs.batch < 2 else None)
+        cap = self._serving.get((signature, inputs.shapes))
         if cap is None:
-            cap = self._capture(key, args, kwargs, inputs.batch)
+            cap = self._serve(signature, inputs, args, kwargs)
         if isinstance(cap, CaptureError):
             return self._uncached(str(cap), args, kwargs, warn=False)
         part = self._partition(cap, inputs.leaves)
@@ -210,14 +225,32 @@ class CachedModule(nn.Module):
             self._warned.add(message)
             warnings.warn(f"freezepolicy.cache_frozen: {message}", stacklevel=_user_frame())
 
-    def _capture(self, key: Hashable, args: Any, kwargs: Any, batch: int) -> Capture | CaptureError:
+    def _serve(
+        self, signature: Hashable, inputs: Inputs, args: Any, kwargs: Any
+    ) -> Capture | CaptureError:
+        """The capture for a call whose sizes were not seen before: one of the signature's
+        captures that serves these sizes, or a new one (unless the signature was refused)."""
+        cap: Capture | CaptureError | None = next(
+            (c for c in self._captures.get(signature, ()) if c.shapes.matches(inputs.shapes)),
+            None,
+        )
+        if cap is None:
+            cap = self._refused.get(signature) or self._capture(signature, args, kwargs, inputs)
+        if len(self._serving) >= SIZES_KEPT:
+            self._serving.clear()
+        self._serving[(signature, inputs.shapes)] = cap
+        return cap
+
+    def _capture(
+        self, signature: Hashable, args: Any, kwargs: Any, inputs: Inputs
+    ) -> Capture | CaptureError:
         started = time.perf_counter()
         result: Capture | CaptureError
         try:
-            result = capture(self._orig_mod, args, kwargs)
-            if not result.batch_symbols and batch > 1:
+            cap = capture(self._orig_mod, args, kwargs, inputs.shapes)
+            if not cap.batch_symbols and inputs.batch > 1:
                 raise CaptureError("torch.export fixed the batch size (the model's code does)")
-            result.classifier = Classifier(result, self.frozen_dropout)
+            cap.classifier = Classifier(cap, self.frozen_dropout)
             hooked = hooked_modules(self._orig_mod)
             if hooked:
                 self._warn(
@@ -226,10 +259,14 @@ class CachedModule(nn.Module):
                 )
         except CaptureError as exc:
             self._warn(f"caching is off for these inputs: {exc}")
-            result = exc
+            # Export would most likely fail again for other sizes (one capture takes seconds):
+            # every call of this signature that no capture serves runs uncached.
+            self._refused[signature] = result = exc
+        else:
+            self._captures.setdefault(signature, []).append(cap)
+            result = cap
         self._counts["captures"] += 1
         self._counts["capture_seconds"] += time.perf_counter() - started
-        self._captures[key] = result
         return result
 
     def _partition(self, cap: Capture, leaves: tuple[Any, ...]) -> Partition:

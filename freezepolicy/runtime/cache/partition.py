@@ -5,6 +5,9 @@ A node is *live* when its value depends on a trainable tensor (a parameter with
 written in place, such as BatchNorm's `num_batches_tracked`), or when caching it would not be
 exact: randomness, or a value that mixes the samples of a batch. Everything else is *frozen*: a
 function of the frozen tensors and of each sample alone, the same every time the sample comes.
+A value keeps samples apart when its first dimension is the batch, or `batch * k` rows in
+batch-major order with k a whole number of rows per sample (k may be symbolic: the tokens of
+a flattened `(batch * tokens, features)` view; `shapes.py` decides); anything else is live.
 
 The frozen values the live part reads are the *boundary*. Each boundary value that depends on the
 input and on some frozen tensor is cached per sample; values that depend on no frozen tensor (a
@@ -153,6 +156,7 @@ class Classifier:
         graph = capture.graph
         self.nodes = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
         self.output = next(n for n in graph.nodes if n.op == "output")
+        self._rows: dict[Any, bool] = {}  # first dimension -> `_batch_ok`
         # Placeholders that some node writes into: whatever reads them is live.
         self.mutated: set[fx.Node] = set()
         for n in self.nodes:
@@ -169,11 +173,15 @@ class Classifier:
         """Whether a first dimension of `size` keeps samples apart: the batch, or k rows per
         sample in batch-major order (`view(batch * k, ...)`)."""
         symbols = self.capture.batch_symbols
+        if not symbols:
+            return True  # a capture of a batch of one: nothing to mix
         if not isinstance(size, torch.SymInt):
-            return not symbols  # a capture of a batch of one: nothing to mix
-        # `batch` or `k * batch` (sympy keeps a product of a number and a symbol as such).
-        coeff, rest = size.node.expr.as_coeff_Mul()
-        return rest in symbols and bool(coeff.is_Integer) and coeff > 0
+            return False
+        expr = size.node.expr
+        ok = self._rows.get(expr)
+        if ok is None:
+            ok = self._rows[expr] = self.capture.shapes.rows_per_sample(expr, symbols)
+        return ok
 
     def _mixing(self, node: fx.Node) -> str | None:
         """Why `node` (which depends on the input's data) is not a per-sample function."""
@@ -188,12 +196,30 @@ class Classifier:
             if not isinstance(v, torch.Tensor):
                 return f"{target} gives a non-tensor value computed from the input"
             if v.dim() == 0 or not self._batch_ok(v.shape[0]):
+                rows = v.shape[0] if v.dim() else None
+                if isinstance(rows, torch.SymInt) and rows.node.expr.free_symbols & set(
+                    self.capture.batch_symbols
+                ):
+                    return (
+                        f"{target} gives {rows} rows, not a whole number of rows per sample "
+                        "that the cache can split"
+                    )
                 return f"{target} mixes or moves the batch dimension"
+        if target is torch.ops.aten.repeat.default and node.args[1][0] != 1:  # type: ignore[index]
+            return f"{target} works along the batch dimension"  # copies of the whole batch
         if isinstance(target, torch._ops.OpOverload) and target not in ALONG_DIM0_OK:
-            first = next((a for a in node.args if isinstance(a, fx.Node)), None)
-            rank = first.meta["val"].dim() if first is not None and _is_tensor(first) else None
-            for arg, value in zip(target._schema.arguments, node.args, strict=False):
-                if arg.name in ("dim", "dims") and rank and _names_dim0(value, rank):
+            # The tensor a `dim` argument counts in: the first input (the first of a list, for
+            # `cat`, whose `dim=0` stacks the samples of several tensors one after the other).
+            first = next((a for a in node.all_input_nodes if _is_tensor(a)), None)
+            rank = first.meta["val"].dim() if first is not None else None
+            for k, arg in enumerate(target._schema.arguments):
+                if arg.name not in ("dim", "dims") or not rank:
+                    continue
+                # A `dim` left out is its default: 0 for `cat`.
+                value = node.args[k] if k < len(node.args) else node.kwargs.get(arg.name)
+                if value is None and arg.has_default_value():
+                    value = arg.default_value
+                if _names_dim0(value, rank):
                     return f"{target} works along the batch dimension"
         return None
 
