@@ -140,12 +140,17 @@ def cache_table(cached: Sequence[RunResult], results: Sequence[RunResult]) -> st
                 "-" if twin is None else f"{twin.cpu_s_per_epoch:.1f} s",
                 f"{first.cpu_seconds:.1f} s",
                 f"{later_cpu:.1f} s" if later_cpu >= 1 else f"{later_cpu:.2f} s",
-                "-" if twin is None else f"{later_cpu / twin.cpu_s_per_epoch:.2f}x",
+                "-" if twin is None else _ratio(later_cpu / twin.cpu_s_per_epoch),
                 f"{hits / seen:.0%}" if seen else "-",
                 f"{r.test_acc:.3f} ({len(r.history.epochs)} epochs)",
             )
         )
     return format_table(header, rows, left=2)
+
+
+def _ratio(ratio: float) -> str:
+    """`0.56x`; a small ratio with one significant digit more than two decimals would show."""
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.3f}x"
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
@@ -300,7 +305,7 @@ def _plot_cache(ax: Any, cached: Sequence[RunResult], results: Sequence[RunResul
             ax.barh(yk, value, height=0.24, color=colour, label=label if i == 0 else None)
             note = f"{value:.1f} s" if value >= 1 else f"{value:.2f} s"
             if k == 2 and values[0]:
-                note += f" ({value / values[0]:.2f}x)"
+                note += f" ({_ratio(value / values[0])})"
             ax.text(value + 0.2, yk, note, va="center", fontsize=9)
         labels.append(run.run.replace(", cached", ""))
     ax.set_yticks(list(range(top, -1, -1)), labels, fontsize=9)
