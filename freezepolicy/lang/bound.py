@@ -16,6 +16,8 @@ from . import arguments
 from .errors import PolicyResolveError
 from .glob import compile_type_pattern
 from .matcher import PartMatcher
+from .patterns import PatternParts, parse_name_pattern
+from .relative import IndexedParents, is_relative, resolve
 from .nodes import NamePattern, Selector
 from .rules import Decision, Rate, Rule, rate_of, time_key
 
@@ -145,10 +147,9 @@ class BoundPolicy:
         for r in rules:
             selection = r.statement.selection
             rule_masks.append((masks(selection.groups[r.group]), masks(selection.exclude)))
-        matcher = PartMatcher(list(name_ids))
         type_globs = [compile_type_pattern(t) for t in type_ids]
         # Each pass below runs over every name in C or in one tight loop: 100k names.
-        name_bits = matcher.bits_of(self.names)
+        name_bits = self._name_bits_of(list(name_ids))
         type_bits: Iterable[int] = itertools.repeat(0)
         if type_globs and self.module_types is not None:
             get = self.module_types.get
@@ -199,6 +200,40 @@ class BoundPolicy:
         self._name_bit = {k: 1 << v for k, v in name_ids.items()}
         self._type_bit = {k: 1 << v for k, v in type_ids.items()}
         self._signatures = signatures
+
+    def _name_bits_of(self, selectors: Sequence[tuple[str, bool]]) -> list[int]:
+        """For each name, the name selectors (bit i: `selectors[i]`) that select it.
+
+        A selector counting from the end (`blocks.-1`) is first resolved against these names
+        into anchored selectors, one per parent it reaches (relative.py); their matches are
+        folded back into its bit."""
+        entries: list[tuple[str | PatternParts, bool]] = []
+        owners: list[int] = []  # matcher pattern -> selector
+        parents: IndexedParents | None = None
+        for i, (text, anchored) in enumerate(selectors):
+            parts = parse_name_pattern(text)
+            if not is_relative(parts):
+                entries.append((text, anchored))
+                owners.append(i)
+                continue
+            if parents is None:
+                parents = IndexedParents(self.names)
+            for resolved in resolve(parts, anchored, parents):
+                entries.append(resolved)
+                owners.append(i)
+        bits = PartMatcher(entries).bits_of(self.names)
+        if parents is None:
+            return bits
+        # Few distinct values (one per kind of name): fold each once.
+        folded: dict[int, int] = {}
+        for value in set(bits):
+            out, rest = 0, value
+            while rest:
+                low = rest & -rest
+                out |= 1 << owners[low.bit_length() - 1]
+                rest ^= low
+            folded[value] = out
+        return list(map(folded.__getitem__, bits))
 
     def first_of_signature(self) -> list[int]:
         """For each signature, the index of its first name."""

@@ -49,6 +49,9 @@ CODES: dict[str, str] = {
     "FP131": "every-needs-then",
     "FP132": "warmup-not-allowed",
     "FP133": "mixed-clocks",
+    # Indices counted from the end, layer decay, shapes, conditions and includes (issue 13).
+    "FP140": "index-from-end-not-a-whole-part",
+    "FP141": "index-from-end-zero",
     # Checks that need parameter names or a model.
     "FP201": "selects-nothing",
     "FP202": "never-effective",
