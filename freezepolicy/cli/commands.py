@@ -179,7 +179,7 @@ def _model_names(spec: str, *, use_cache: bool) -> ModelNames:
     from ..lang.checks import ModelNames
 
     layout = _layout(spec, use_cache=use_cache)
-    return ModelNames(spec, layout.names, layout.module_types, layout.tied)
+    return ModelNames(spec, layout.names, layout.module_types, layout.tied, layout.shapes)
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -212,7 +212,8 @@ def run_show(args: argparse.Namespace) -> int:
         return EXIT_USAGE if exc.code in FILE_ERROR_CODES else EXIT_PROBLEMS
     layout = _layout(args.model, use_cache=not args.no_cache)
     problems = check_policy(policy) + check_model(
-        policy, ModelNames(args.model, layout.names, layout.module_types, layout.tied)
+        policy,
+        ModelNames(args.model, layout.names, layout.module_types, layout.tied, layout.shapes),
     )
     if spe is not None:  # given: the note that asks for it has nothing to say
         problems = [d for d in problems if d.code != "FP207"]

@@ -170,7 +170,7 @@ class PolicyView:
         self.layout = layout
         self.steps_per_epoch = steps_per_epoch
         self.model_label = model_label
-        self.bound = policy.bind(layout.names, layout.module_types)
+        self.bound = policy.bind(layout.names, layout.module_types, layout.shapes)
         self.key_of = {n: n for n in layout.names}
         for group in layout.tied:
             for n in group:

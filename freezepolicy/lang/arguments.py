@@ -58,6 +58,33 @@ def class_names_of(name: str, classes: Any, where: str) -> None:
         )
 
 
+def shape_map(shapes: Any, where: str) -> Mapping[str, Any] | None:
+    """`shapes` checked to be None or a mapping (its values are checked where used)."""
+    if shapes is None or isinstance(shapes, Mapping):
+        return shapes
+    raise TypeError(
+        f"{where}: shapes must map each parameter name to its shape (a tuple of sizes), got"
+        f" {type(shapes).__name__}"
+    )
+
+
+def shape_of(name: str, shapes: Mapping[str, Any], where: str) -> tuple[int, ...]:
+    """The shape of `name` in `shapes`, checked: a sequence of whole numbers (`torch.Size`, a
+    tuple or a list); every name bound must have one."""
+    shape = shapes.get(name)
+    if shape is None:
+        raise ValueError(
+            f"{where}: no shape for {_shown(name)}: `ndim` selectors need the shape of every"
+            " parameter"
+        )
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
+        raise TypeError(
+            f"{where}[{_shown(name)}] must be a shape (a tuple of sizes), got"
+            f" {type(shape).__name__} {_shown(shape)}"
+        )
+    return tuple(shape)
+
+
 def whole_number(value: Any, what: str, minimum: int) -> int:
     """`value` as an int of at least `minimum` (bools and floats refused), else a clear error."""
     if isinstance(value, bool):

@@ -7,18 +7,14 @@ moment is per signature, not per name.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from . import arguments
+from .classify import classify, other_key
 from .errors import PolicyResolveError
-from .glob import compile_type_pattern
-from .matcher import PartMatcher
-from .patterns import PatternParts, parse_name_pattern
-from .relative import IndexedParents, is_relative, resolve
-from .nodes import NamePattern, Selector
+from .nodes import NamePattern, Selector, ShapePattern
 from .rules import Decision, Rate, Rule, rate_of, time_key
 
 if TYPE_CHECKING:  # type-only: policy.py imports this module to bind
@@ -43,6 +39,17 @@ def _renamed(d: Decision, name: str) -> Decision:
         d.stats_by,
         d.warmup,
     )
+
+
+def _frozen(t_rule: Rule | None, lr_rule: Rule | None) -> bool:
+    """Whether the rules applied so far (the last freeze/unfreeze and the last lr that select a
+    tensor) leave it frozen. A tensor no statement decided counts as training, as models
+    start."""
+    if lr_rule is not None and lr_rule.statement.layers is None:
+        value = lr_rule.statement.value
+        if value is not None and value.number == 0:
+            return True
+    return t_rule is not None and t_rule.statement.action == "freeze"
 
 
 class DecisionView(Mapping[str, Decision]):
@@ -96,10 +103,12 @@ class BoundPolicy:
         policy: Policy,
         names: tuple[str, ...],
         module_types: Mapping[str, Collection[str]] | None,
+        shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.policy = policy
         self.names = names
         self.module_types = module_types
+        self.shapes = shapes
         self._statement_index = {id(r.statement): r.statement_index for r in policy.rules}
         self._selected: dict[int, frozenset[int]] = {}
         self._templates: dict[tuple, list[Decision]] = {}
@@ -130,110 +139,12 @@ class BoundPolicy:
         return self._signatures
 
     def _classify(self) -> None:
-        rules = self.policy.rules
-        name_ids: dict[tuple[str, bool], int] = {}
-        type_ids: dict[str, int] = {}
-
-        def masks(selectors: Iterable[Selector]) -> tuple[int, int]:
-            names_mask = types_mask = 0
-            for s in selectors:
-                if isinstance(s, NamePattern):
-                    names_mask |= 1 << name_ids.setdefault((s.text, s.anchored), len(name_ids))
-                else:
-                    types_mask |= 1 << type_ids.setdefault(s.text, len(type_ids))
-            return names_mask, types_mask
-
-        rule_masks = []
-        for r in rules:
-            selection = r.statement.selection
-            rule_masks.append((masks(selection.groups[r.group]), masks(selection.exclude)))
-        type_globs = [compile_type_pattern(t) for t in type_ids]
-        # Each pass below runs over every name in C or in one tight loop: 100k names.
-        name_bits = self._name_bits_of(list(name_ids))
-        type_bits: Iterable[int] = itertools.repeat(0)
-        if type_globs and self.module_types is not None:
-            get = self.module_types.get
-            found = [get(name, ()) for name in self.names]
-            try:
-                distinct = set(found)  # frozensets (from inspect_model): their hashes are cached
-            except TypeError:  # lists or sets given by hand
-                found = [frozenset(c) for c in found]
-                distinct = set(found)
-            for classes in distinct:
-                if isinstance(classes, (str, bytes)):  # one class name, not a collection of them
-                    name = self.names[found.index(classes)]
-                    arguments.class_names_of(name, classes, "module_types")
-            of_classes = {
-                c: sum(
-                    1 << q for q, glob in enumerate(type_globs) if any(glob.fullmatch(x) for x in c)
-                )
-                for c in distinct
-            }
-            type_bits = map(of_classes.__getitem__, found)
-        # Signatures numbered in order of their first name (setdefault gives a new key the next).
-        key_of: dict[tuple[int, int], int] = {}
-        signatures = [
-            key_of.setdefault(key, len(key_of))
-            for key in zip(name_bits, type_bits, strict=False)  # type_bits may be endless
-        ]
-        keys = list(key_of)
-
-        # Which rules select each signature (a bit per rule index), and which names it holds.
-        self._sig_rules: list[int] = []
-        self._name_bits = self._type_bits = 0
-        for nb, tb in keys:
-            self._name_bits |= nb
-            self._type_bits |= tb
-            selected = 0
-            for r, ((inc_n, inc_t), (exc_n, exc_t)) in zip(rules, rule_masks, strict=True):
-                if (nb & inc_n or tb & inc_t) and not (nb & exc_n or tb & exc_t):
-                    selected |= 1 << r.index
-            self._sig_rules.append(selected)
-        # The first name of each signature. Signatures are numbered in order of their first
-        # names, so each search starts where the last one ended: one scan in C in all.
-        self._first: list[int] = []
-        start = 0
-        for sig in range(len(keys)):
-            start = signatures.index(sig, start)
-            self._first.append(start)
+        found = classify(self.policy, self.names, self.module_types, self.shapes)
+        self._sig_rules = found.sig_rules
+        self._first = found.first
+        self._classified = found
         self._members_cache: list[list[int]] | None = None
-        self._name_bit = {k: 1 << v for k, v in name_ids.items()}
-        self._type_bit = {k: 1 << v for k, v in type_ids.items()}
-        self._signatures = signatures
-
-    def _name_bits_of(self, selectors: Sequence[tuple[str, bool]]) -> list[int]:
-        """For each name, the name selectors (bit i: `selectors[i]`) that select it.
-
-        A selector counting from the end (`blocks.-1`) is first resolved against these names
-        into anchored selectors, one per parent it reaches (relative.py); their matches are
-        folded back into its bit."""
-        entries: list[tuple[str | PatternParts, bool]] = []
-        owners: list[int] = []  # matcher pattern -> selector
-        parents: IndexedParents | None = None
-        for i, (text, anchored) in enumerate(selectors):
-            parts = parse_name_pattern(text)
-            if not is_relative(parts):
-                entries.append((text, anchored))
-                owners.append(i)
-                continue
-            if parents is None:
-                parents = IndexedParents(self.names)
-            for resolved in resolve(parts, anchored, parents):
-                entries.append(resolved)
-                owners.append(i)
-        bits = PartMatcher(entries).bits_of(self.names)
-        if parents is None:
-            return bits
-        # Few distinct values (one per kind of name): fold each once.
-        folded: dict[int, int] = {}
-        for value in set(bits):
-            out, rest = 0, value
-            while rest:
-                low = rest & -rest
-                out |= 1 << owners[low.bit_length() - 1]
-                rest ^= low
-            folded[value] = out
-        return list(map(folded.__getitem__, bits))
+        self._signatures = found.signatures
 
     def first_of_signature(self) -> list[int]:
         """For each signature, the index of its first name."""
@@ -258,13 +169,14 @@ class BoundPolicy:
     def matches_anything(self, selector: Selector) -> bool:
         """Whether `selector` (one of this policy's) selects some name on its own."""
         self.signatures  # noqa: B018 - classify on first use
+        found = self._classified
         if isinstance(selector, NamePattern):
-            bit = self._name_bit.get((selector.text, selector.anchored))
-            return bit is not None and bool(self._name_bits & bit)
-        if self.module_types is None:
+            bit = found.name_bit.get((selector.text, selector.anchored))
+            return bit is not None and bool(found.name_bits & bit)
+        if (self.shapes if isinstance(selector, ShapePattern) else self.module_types) is None:
             return False
-        bit = self._type_bit.get(selector.text)
-        return bit is not None and bool(self._type_bits & bit)
+        bit = found.other_bit.get(other_key(selector))
+        return bit is not None and bool(found.other_bits & bit)
 
     def selected(self, rule: Rule) -> frozenset[int]:
         """Indices of the names `rule` selects (its `except` already removed)."""
@@ -348,24 +260,28 @@ class BoundPolicy:
     def _factor(self, rule: Rule, epoch: int, step: int, steps_per_epoch: int | None) -> float:
         try:
             return rule.warmup_factor(epoch, step, steps_per_epoch)
-        except PolicyResolveError as exc:  # say where, in this policy's own file
+        except PolicyResolveError as exc:  # say where, in the file of the statement
             d = exc.first
-            lines = self.policy.text.split("\n")
-            source = lines[d.line - 1] if d.line and 0 < d.line <= len(lines) else None
-            where = dataclasses.replace(d, path=self.policy.source, source_line=source)
+            st = rule.statement
+            where = self.policy.diagnostic(d.code, d.message, st, st.warmup)
             raise PolicyResolveError(where) from None
 
     def _decide(self, order: list[Rule], factors: Mapping[int, float]) -> list[Decision]:
         """One decision per signature, for the rules of `order` applied in that order."""
         self.signatures  # noqa: B018 - classify on first use
         out: list[Decision] = []
+        depths = self._classified.depths
         for sig, selected in enumerate(self._sig_rules):
             t_rule = lr_rule = wd_rule = s_rule = None
+            # Whether the tensor was frozen (by `freeze` or `lr 0`) when `t_rule` was applied:
+            # an `unfreeze` warm-up ramps only what it turns from frozen to trainable.
+            was_frozen = False
             for rule in order:  # the last applied statement that selects a name decides
                 if not selected >> rule.index & 1:
                     continue
                 action = rule.statement.action
                 if action in ("freeze", "unfreeze"):
+                    was_frozen = _frozen(t_rule, lr_rule)
                     t_rule = rule
                 elif action == "lr":
                     lr_rule = rule
@@ -373,18 +289,21 @@ class BoundPolicy:
                     s_rule = rule
                 else:
                     wd_rule = rule
-            lr = rate_of(lr_rule)
+            if lr_rule is not None and lr_rule.index in depths:
+                # A layer decay: the factor once for every layer above this signature's.
+                layers = lr_rule.statement.layers
+                assert layers is not None
+                deep = depths[lr_rule.index][sig] or 0
+                lr: Rate | None = Rate(layers.factor.number**deep, relative=True)
+            else:
+                lr = rate_of(lr_rule)
             wd = rate_of(wd_rule)
             # A warm-up under way (of the `unfreeze` that made the parameter trainable, or of
             # the `lr` that set its rate) scales its rate; the one least far along holds it back.
-            ramp = min(
-                (
-                    factors.get(r.index, 1.0)
-                    for r in (t_rule, lr_rule)
-                    if r is not None and r.statement.action in ("unfreeze", "lr")
-                ),
-                default=1.0,
-            )
+            ramps = [factors.get(lr_rule.index, 1.0)] if lr_rule is not None else []
+            if t_rule is not None and t_rule.statement.action == "unfreeze" and was_frozen:
+                ramps.append(factors.get(t_rule.index, 1.0))
+            ramp = min(ramps, default=1.0)
             if ramp < 1.0 and not (lr is not None and lr.is_zero):
                 lr = Rate(lr.value * ramp, lr.relative) if lr else Rate(ramp, relative=True)
             if lr is not None and lr.is_zero:

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from .glob import PartMatch, compile_part
 from .patterns import (
     ANY_PARTS,
-    Atom,
     DIGITS,
+    Atom,
     IndexFromEnd,
     Literal,
     NumberRange,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .errors import Diagnostic, PolicyResolveError
 from .glob import compile_type_pattern
 from .matcher import compile_name_pattern
-from .nodes import NamePattern, Selector, Statement, When
+from .nodes import NamePattern, Selector, ShapePattern, Statement, When
 
 
 @dataclass(frozen=True)
@@ -165,14 +165,17 @@ class Rule:
         return (epoch if when.clock == "epoch" else step) >= when.at
 
     def selected(
-        self, names: Sequence[str], module_types: Mapping[str, Collection[str]] | None
+        self,
+        names: Sequence[str],
+        module_types: Mapping[str, Collection[str]] | None,
+        shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> frozenset[int]:
         """Indices of the names this rule selects (its `except` already removed), selector by
         selector: the plain definition, which `BoundPolicy.selected` computes faster."""
         selection = self.statement.selection
-        hits = _match(names, selection.groups[self.group], module_types)
+        hits = _match(names, selection.groups[self.group], module_types, shapes)
         if selection.exclude:
-            hits -= _match(names, selection.exclude, module_types)
+            hits -= _match(names, selection.exclude, module_types, shapes)
         return frozenset(hits)
 
 
@@ -180,10 +183,11 @@ def _match(
     names: Sequence[str],
     selectors: Iterable[Selector],
     module_types: Mapping[str, Collection[str]] | None,
+    shapes: Mapping[str, Sequence[int]] | None,
 ) -> set[int]:
     hits: set[int] = set()
     for selector in selectors:
-        chosen = set(selector_matches(selector, names, module_types))
+        chosen = set(selector_matches(selector, names, module_types, shapes))
         hits.update(i for i, n in enumerate(names) if n in chosen)
     return hits
 
@@ -192,10 +196,17 @@ def selector_matches(
     selector: Selector,
     names: Sequence[str],
     module_types: Mapping[str, Collection[str]] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> list[str]:
-    """The names one selector matches (used by lint and `show`)."""
+    """The names one selector matches (used by lint and `show`). Indices counted from the end
+    count among `names`; `ndim` selectors need `shapes` and `type:` selectors `module_types`
+    (without them they select nothing)."""
     if isinstance(selector, NamePattern):
         return compile_name_pattern(selector.text, selector.anchored).select(names)
+    if isinstance(selector, ShapePattern):
+        if shapes is None:
+            return []
+        return [n for n in names if selector.accepts(len(shapes[n]))]
     glob = compile_type_pattern(selector.text)
     if module_types is None:
         return []

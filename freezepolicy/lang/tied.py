@@ -68,7 +68,6 @@ def tied_conflicts(
 ) -> list[Diagnostic]:
     """One FP205 diagnostic per tied group whose names the policy decides differently."""
     out: list[Diagnostic] = []
-    lines = policy.text.split("\n")
     for group in tied:
         if merge_tied(decisions, group) is not None:
             continue
@@ -86,19 +85,14 @@ def tied_conflicts(
             if st is not None
         ]
         st = max(statements, key=lambda s: (s.span.line, s.span.column)) if statements else None
-        line = st.span.line if st else None
-        out.append(
-            Diagnostic(
-                "FP205",
-                f"{' and '.join(f'`{n}`' for n in group)} are one tied tensor, but the policy "
-                f"decides them differently ({described}); select them together",
-                policy.source,
-                line,
-                st.span.column if st else None,
-                st.span.end_column if st and st.span.end_line == st.span.line else None,
-                lines[line - 1] if line and 0 < line <= len(lines) else None,
-            )
+        message = (
+            f"{' and '.join(f'`{n}`' for n in group)} are one tied tensor, but the policy "
+            f"decides them differently ({described}); select them together"
         )
+        if st is None:
+            out.append(Diagnostic("FP205", message, policy.source))
+        else:
+            out.append(policy.diagnostic("FP205", message, st))
     return out
 
 

@@ -23,7 +23,7 @@ from ..lang.policy import Policy
 from ..lang.rules import Decision, Rate
 from ..lang.tied import merge_tied, tied_conflicts, tied_conflicts_over_time
 from . import norm
-from .modelinfo import inspect_model, parameter_ids, unwrap
+from .modelinfo import inspect_model, parameter_ids, shapes_of, unwrap
 from .rates import Rates, idle_rate, normal_rate, timeline_key
 from .report import ApplyReport
 from .requires_grad import timeline_problems
@@ -47,7 +47,9 @@ class Binding:
     def __init__(self, policy: Policy, snap: ModelSnapshot, steps_per_epoch: int | None) -> None:
         self.policy = policy
         self.steps_per_epoch = steps_per_epoch
-        self.bound = policy.bind(snap.names, snap.module_types)
+        # Shapes only when a selector asks for them: a tuple per tensor costs 100k tuples.
+        shapes = shapes_of(snap.params) if policy.has_shape_selectors else None
+        self.bound = policy.bind(snap.names, snap.module_types, shapes)
         self.tied = snap.tied
         # One entry per tensor, under its first name; tied names grouped with it. Tensors whose
         # names the policy cannot tell apart share a class: the signature of its name, or the
@@ -79,8 +81,10 @@ class Binding:
         #: Name-level findings (FP201 selects nothing, FP202/FP204 never effective).
         self.diagnostics = [
             d
-            for d in check_names(policy, snap.names, snap.module_types, bound=self.bound)
-            if d.code != "FP203"
+            for d in check_names(
+                policy, snap.names, snap.module_types, shapes=shapes, bound=self.bound
+            )
+            if d.code not in ("FP203", "FP230")
         ]
         self.keys: list[str] = []
         self.timelines: dict[str, tuple[Rates, ...]] = {}

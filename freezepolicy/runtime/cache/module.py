@@ -366,12 +366,12 @@ def _anticipated_sets(model: nn.Module, policy: Policy | str | os.PathLike[str])
     """The trainable sets (parameter ids) `policy` gives `model` at each of its moments."""
     from ...lang.api import load
     from ...lang.errors import PolicyError
-    from ..modelinfo import inspect_model
+    from ..modelinfo import inspect_model, shapes_of
 
     if not isinstance(policy, Policy):
         policy = load(policy)
     info = inspect_model(model)
-    bound = policy.bind(info.names, info.module_types)
+    bound = policy.bind(info.names, info.module_types, shapes_of(info.params))
     sets = []
     for epoch, step in bound.moments():
         try:
