@@ -17,7 +17,9 @@ HERE = Path(__file__).parent
 CANONICAL = HERE / "canonical"
 SCRIPT = shutil.which("freezepolicy", path=str(Path(sys.executable).parent))
 MODULE = [sys.executable, "-m", "freezepolicy"]
-STATEMENT_WORDS = "(a statement starts with `freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)"
+STATEMENT_WORDS = (
+    "(a statement starts with `freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)"
+)
 
 
 def _env() -> dict[str, str]:

@@ -48,7 +48,9 @@ def test_last_two_blocks_of_a_bert_of_any_depth(depth: int, prefix: str) -> None
 
 
 def test_parents_count_separately() -> None:
-    names = [f"encoder.layers.{i}.w" for i in range(6)] + [f"decoder.layers.{i}.w" for i in range(3)]
+    names = [f"encoder.layers.{i}.w" for i in range(6)] + [
+        f"decoder.layers.{i}.w" for i in range(3)
+    ]
     assert selected("freeze *.layers.-1", names) == ["encoder.layers.5.w", "decoder.layers.2.w"]
     assert selected("freeze layers.-1", names) == ["encoder.layers.5.w", "decoder.layers.2.w"]
     assert selected("freeze ^decoder.layers.-2..-1", names) == names[-2:]

@@ -131,6 +131,15 @@ class AstBuilder(Transformer):
         for sel in (*groups["DOWN"], *groups["TO"]):
             if isinstance(sel, NamePattern) and sel.text in ("down", "to"):
                 problems.append(keyword_as_selector(sel.text, sel.span))
+        for sel in groups["DOWN"]:
+            if not isinstance(sel, NamePattern):
+                s = sel.span
+                kind = "module type" if isinstance(sel, TypePattern) else "shape"
+                message = (
+                    "`down` names the modules whose numbered children are the layers, as in"
+                    f" `down blocks`; `{sel}` selects by {kind}, which has no numbers"
+                )
+                problems.append(Problem("FP142", message, s.line, s.column, s.end_column))
         layers = LayerDecay(factor, groups["FROM"], groups["DOWN"], groups["TO"])
         selection = Selection(layers.top + layers.stack + layers.bottom, exclude)
         when, condition, every, warmup = timings(timing)
