@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import arguments
 from .classify import classify, other_key
+from .conditions import NOTHING_FIRED, Fired, fired_moments
 from .errors import PolicyResolveError
 from .nodes import NamePattern, Selector, ShapePattern
-from .rules import Decision, Rate, Rule, rate_of, time_key
+from .rules import Decision, Rate, Rule, rate_of
 
 if TYPE_CHECKING:  # type-only: policy.py imports this module to bind
     from .policy import Policy
@@ -23,6 +24,8 @@ if TYPE_CHECKING:  # type-only: policy.py imports this module to bind
 
 #: Lint checks every combination of event times up to this many moments.
 MAX_LINT_MOMENTS = 400
+#: A moment of a policy's timeline: epoch, step, and the `when` groups that have taken effect.
+Moment = tuple[int, int, Fired]
 
 
 def _renamed(d: Decision, name: str) -> Decision:
@@ -193,36 +196,63 @@ class BoundPolicy:
 
     # --- moments -------------------------------------------------------------------------------
 
-    def order(self, epoch: int, step: int, steps_per_epoch: int | None = None) -> list[Rule]:
-        """The rules whose time has come, in the order they apply."""
-        active = [r for r in self.policy.rules if r.active(epoch, step)]
-        active.sort(key=lambda r: (time_key(r.start, steps_per_epoch), r.index))
+    def order(
+        self,
+        epoch: int,
+        step: int,
+        steps_per_epoch: int | None = None,
+        fired: Fired = NOTHING_FIRED,
+    ) -> list[Rule]:
+        """The rules whose time has come (or whose condition has fired), in the order they
+        apply."""
+        active = [r for r in self.policy.rules if r.active(epoch, step, fired)]
+        active.sort(key=lambda r: (r.time_key(steps_per_epoch, fired), r.index))
         return active
 
-    def state_key(self, epoch: int, step: int, steps_per_epoch: int | None = None) -> tuple:
+    def state_key(
+        self,
+        epoch: int,
+        step: int,
+        steps_per_epoch: int | None = None,
+        fired: Any = None,
+    ) -> tuple:
         """What the decisions at (epoch, step) depend on: the active rules in order, and the
         progress of the warm-ups under way. Equal keys give equal decisions."""
-        order = tuple(r.index for r in self.order(epoch, step, steps_per_epoch))
+        fired = self.fired(fired)
+        order = tuple(r.index for r in self.order(epoch, step, steps_per_epoch, fired))
         if not self._warming:
             return order
         factors = tuple(
-            self._factor(r, epoch, step, steps_per_epoch)
+            self._factor(r, epoch, step, steps_per_epoch, fired)
             for r in self._warming
-            if r.active(epoch, step)
+            if r.active(epoch, step, fired)
         )
         return (order, factors)
 
+    def fired(self, fired: Any) -> Fired:
+        """`fired` (None, a mapping of statement index to moments, or a `Fired`) checked."""
+        if fired is None or fired == NOTHING_FIRED:
+            return NOTHING_FIRED
+        return fired_moments(fired, self.policy.statements, "fired")
+
     def decide_signatures(
-        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+        self,
+        *,
+        epoch: int = 0,
+        step: int = 0,
+        steps_per_epoch: int | None = None,
+        fired: Any = None,
     ) -> list[Decision]:
-        """One decision per signature at (epoch, step): the decision of its first name."""
+        """One decision per signature at (epoch, step): the decision of its first name.
+        `fired`: when the groups of `when` statements took effect (conditions.py)."""
         epoch, step, steps_per_epoch = arguments.moment(epoch, step, steps_per_epoch)
-        key = self.state_key(epoch, step, steps_per_epoch)
+        fired = self.fired(fired)
+        key = self.state_key(epoch, step, steps_per_epoch, fired)
         cached = self._templates.get(key)
         if cached is None:
-            order = self.order(epoch, step, steps_per_epoch)
+            order = self.order(epoch, step, steps_per_epoch, fired)
             factors = {
-                r.index: self._factor(r, epoch, step, steps_per_epoch)
+                r.index: self._factor(r, epoch, step, steps_per_epoch, fired)
                 for r in order
                 if r.statement.warmup is not None
             }
@@ -232,21 +262,34 @@ class BoundPolicy:
         return cached
 
     def decisions(
-        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+        self,
+        *,
+        epoch: int = 0,
+        step: int = 0,
+        steps_per_epoch: int | None = None,
+        fired: Any = None,
     ) -> DecisionView:
         """The decisions at (epoch, step) as a read-only mapping, made as they are looked up."""
-        templates = self.decide_signatures(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch)
+        templates = self.decide_signatures(
+            epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, fired=fired
+        )
         return DecisionView(self, templates)
 
     def resolve(
-        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+        self,
+        *,
+        epoch: int = 0,
+        step: int = 0,
+        steps_per_epoch: int | None = None,
+        fired: Any = None,
     ) -> dict[str, Decision]:
         epoch, step, steps_per_epoch = arguments.moment(epoch, step, steps_per_epoch)
-        key = self.state_key(epoch, step, steps_per_epoch)
+        fired = self.fired(fired)
+        key = self.state_key(epoch, step, steps_per_epoch, fired)
         last = self._last_resolved
         if last is None or last[0] != key:
             templates = self.decide_signatures(
-                epoch=epoch, step=step, steps_per_epoch=steps_per_epoch
+                epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, fired=fired
             )
             signatures = self.signatures
             out: dict[str, Decision] = {}
@@ -257,9 +300,11 @@ class BoundPolicy:
         # A copy: the cache must not change when a caller edits the dict it was given.
         return dict(last[1])
 
-    def _factor(self, rule: Rule, epoch: int, step: int, steps_per_epoch: int | None) -> float:
+    def _factor(
+        self, rule: Rule, epoch: int, step: int, steps_per_epoch: int | None, fired: Fired
+    ) -> float:
         try:
-            return rule.warmup_factor(epoch, step, steps_per_epoch)
+            return rule.warmup_factor(epoch, step, steps_per_epoch, fired)
         except PolicyResolveError as exc:  # say where, in the file of the statement
             d = exc.first
             st = rule.statement
@@ -331,27 +376,54 @@ class BoundPolicy:
             )
         return out
 
-    def moments(self, limit: int = MAX_LINT_MOMENTS) -> list[tuple[int, int]]:
-        """Moments (epoch, step) that together see every reachable set of active statements.
+    def moments(self, limit: int = MAX_LINT_MOMENTS) -> list[Moment]:
+        """Moments (epoch, step, fired) that together see every reachable set of active
+        statements.
 
         Epoch-timed and step-timed statements activate independently, so every combination of
         an epoch event with a step event is a distinct set; (0, 0) comes first. Past `limit`
-        combinations only a subset is tried.
+        combinations only a subset is tried. A `when` statement's groups take effect at moments
+        no one knows in advance: with each number of its groups fired (all fired at one of the
+        timed moments, seen then and later), which is what lint checks and what the optimizer
+        groups of `param_groups` are laid out for.
         """
         epochs, steps = self.policy.clock_times()
-        moments = list(itertools.product(epochs, steps))
-        if len(moments) > limit:
+        timed = list(itertools.product(epochs, steps))
+        if len(timed) > limit:
             # Too many combinations to try them all: each clock on its own, and both together.
-            moments = sorted(
+            timed = sorted(
                 {(e, 0) for e in epochs} | {(0, s) for s in steps} | {(epochs[-1], steps[-1])}
             )
-        return moments
+        out: list[Moment] = [(e, s, NOTHING_FIRED) for e, s in timed]
+        conditional = [
+            (i, len(st.selection.groups))
+            for i, st in enumerate(self.policy.statements)
+            if st.condition is not None
+        ]
+        if not conditional:
+            return out
+        counts = list(itertools.product(*(range(n + 1) for _, n in conditional)))[1:]
+        pairs = [(f, m) for f in timed for m in timed if f[0] <= m[0] and f[1] <= m[1]]
+        if len(counts) * len(pairs) > limit:
+            # Each statement alone at each count, and all at their last, at the start and at
+            # the last moment.
+            counts = [
+                tuple(k if j == i else 0 for j in range(len(conditional)))
+                for i, (_, n) in enumerate(conditional)
+                for k in range(1, n + 1)
+            ] + [tuple(n for _, n in conditional)]
+            pairs = [(timed[0], timed[0]), (timed[0], timed[-1]), (timed[-1], timed[-1])]
+        for ks in counts:
+            for f, m in pairs:
+                fired = tuple((i, (f,) * k) for (i, _), k in zip(conditional, ks, strict=True) if k)
+                out.append((m[0], m[1], fired))
+        return out
 
     def effective_statements(self) -> set[int]:
         """Indices of the statements that decide some setting of some name at some moment."""
         used: set[int] = set()
-        for epoch, step in self.moments():
-            for d in self._resolve_ignoring_warmup(epoch, step):
+        for epoch, step, fired in self.moments():
+            for d in self._resolve_ignoring_warmup(epoch, step, fired):
                 for st in (d.trainable_by, d.lr_by, d.decay_by, d.stats_by):
                     if st is not None:
                         used.add(self._statement_index[id(st)])
@@ -365,11 +437,11 @@ class BoundPolicy:
         wanted = set(statements)
         found: dict[int, set[int]] = {i: set() for i in wanted}
         rules = [r for r in self.policy.rules if r.statement_index in wanted]
-        for epoch, step in self.moments() if rules else ():
-            active = [r for r in rules if r.active(epoch, step)]
+        for epoch, step, fired in self.moments() if rules else ():
+            active = [r for r in rules if r.active(epoch, step, fired)]
             if not active:
                 continue
-            decisions = self._decide(self.order(epoch, step), {})
+            decisions = self._decide(self.order(epoch, step, None, fired), {})
             for rule in active:
                 bit = 1 << rule.index
                 into = found[rule.statement_index]
@@ -385,7 +457,7 @@ class BoundPolicy:
                             into.add(self._statement_index[id(st)])
         return {i: sorted(found[i] - {i}) for i in wanted}
 
-    def _resolve_ignoring_warmup(self, epoch: int, step: int) -> list[Decision]:
+    def _resolve_ignoring_warmup(self, epoch: int, step: int, fired: Fired) -> list[Decision]:
         """Who decides what at a moment (one decision per signature); warm-up progress does not
         change who decides, and needs no `steps_per_epoch` here."""
-        return self._decide(self.order(epoch, step), {})
+        return self._decide(self.order(epoch, step, None, fired), {})

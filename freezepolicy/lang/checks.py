@@ -221,10 +221,10 @@ def _blocked_by_lr_zero(bound: BoundPolicy, rule: Rule) -> Statement | None:
     """For an `unfreeze` that never takes effect, the `lr 0` statement that blocks it, if any."""
     if rule.statement.action != "unfreeze":
         return None
-    for epoch, step in bound.moments():
-        if rule not in bound.order(epoch, step):
+    for epoch, step, fired in bound.moments():
+        if rule not in bound.order(epoch, step, None, fired):
             continue
-        decisions = bound.decisions(epoch=epoch, step=step)
+        decisions = bound.decisions(epoch=epoch, step=step, fired=fired)
         for i in bound.selected(rule):
             d = decisions[bound.names[i]]
             if d.lr is not None and d.lr.is_zero and d.lr_by is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .conditions import NOTHING_FIRED, Fired, fired_group
 from .errors import Diagnostic, PolicyResolveError
 from .glob import compile_type_pattern
 from .matcher import compile_name_pattern
@@ -120,9 +121,22 @@ class Rule:
             return str(st)
         selectors = ", ".join(str(s) for s in groups[self.group])
         when = f" at {self.start.clock} {self.start.at}" if self.start else ""
+        if st.condition is not None:
+            when = f" {st.condition} ({ordinal(self.group + 1)} time)"
         return f"{st.action} {selectors}{when} (group {self.group + 1} of {len(groups)})"
 
-    def warmup_factor(self, epoch: int, step: int, steps_per_epoch: int | None) -> float:
+    @property
+    def conditional(self) -> bool:
+        """Whether a metric, not a clock, says when the rule starts (`when ... stops ...`)."""
+        return self.statement.condition is not None
+
+    def fired_at(self, fired: Fired) -> tuple[int, int] | None:
+        """For a conditional rule, the moment (epoch, step) it took effect, if it has."""
+        return fired_group(fired, self.statement_index, self.group)
+
+    def warmup_factor(
+        self, epoch: int, step: int, steps_per_epoch: int | None, fired: Fired = NOTHING_FIRED
+    ) -> float:
         """How far the statement's warm-up has come at (epoch, step): in (0, 1], 1 when done.
 
         The ramp is linear and counts the step about to be taken, so the first step after
@@ -133,6 +147,9 @@ class Rule:
         if warmup is None:
             return 1.0
         start = self.start or When(warmup.clock, 0)
+        moment = self.fired_at(fired) if self.conditional else None
+        if moment is not None:  # on the warm-up's own clock: no steps per epoch needed
+            start = When(warmup.clock, moment[0] if warmup.clock == "epoch" else moment[1])
         spe = steps_per_epoch
         if start.clock == warmup.clock == "epoch" and spe is None:
             done, total = epoch - start.at, warmup.count
@@ -158,11 +175,24 @@ class Rule:
             return ("stats",)
         return ("decay",)
 
-    def active(self, epoch: int, step: int) -> bool:
+    def active(self, epoch: int, step: int, fired: Fired = NOTHING_FIRED) -> bool:
+        if self.conditional:
+            moment = self.fired_at(fired)
+            return moment is not None and epoch >= moment[0] and step >= moment[1]
         when = self.start
         if when is None:
             return True
         return (epoch if when.clock == "epoch" else step) >= when.at
+
+    def time_key(
+        self, steps_per_epoch: int | None, fired: Fired = NOTHING_FIRED
+    ) -> tuple[int, int]:
+        """Where the rule sits on the timeline (see `time_key`); a conditional rule at the moment
+        it took effect: its step with `steps_per_epoch`, else its epoch."""
+        moment = self.fired_at(fired) if self.conditional else None
+        if moment is None:
+            return time_key(self.start, steps_per_epoch)
+        return (0, moment[1] if steps_per_epoch is not None else moment[0])
 
     def selected(
         self,
@@ -211,6 +241,12 @@ def selector_matches(
     if module_types is None:
         return []
     return [n for n in names if any(glob.fullmatch(c) for c in module_types.get(n, ()))]
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ... 11th, 12th, 13th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def rate_of(rule: Rule | None) -> Rate | None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..lang.api import load
 from ..lang.checks import check_names
+from ..lang.conditions import NOTHING_FIRED, Fired
 from ..lang.errors import PolicyResolveError
 from ..lang.policy import Policy
 from ..lang.rules import Decision, Rate
@@ -132,18 +133,20 @@ class Binding:
                 self.class_sigs.append(key if isinstance(key, tuple) else (key,))
             self.tclass.append(c)
 
-    def order_key(self, epoch: int, step: int) -> tuple[int, ...]:
+    def order_key(self, epoch: int, step: int, fired: Fired = NOTHING_FIRED) -> tuple[int, ...]:
         # The active rules and the progress of warm-ups: equal keys give equal decisions.
-        return self.bound.state_key(epoch, step, self.steps_per_epoch)
+        return self.bound.state_key(epoch, step, self.steps_per_epoch, fired)
 
-    def class_decisions(self, epoch: int, step: int) -> list[Decision]:
+    def class_decisions(
+        self, epoch: int, step: int, fired: Fired = NOTHING_FIRED
+    ) -> list[Decision]:
         """One decision per class at this moment (tied names merged)."""
-        key = self.order_key(epoch, step)
+        key = self.order_key(epoch, step, fired)
         cached = self._class_decisions.get(key)
         if cached is not None:
             return cached
         templates = self.bound.decide_signatures(
-            epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch
+            epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch, fired=fired
         )
         out: list[Decision] = []
         for names, sigs in zip(self.class_names, self.class_sigs, strict=True):
@@ -153,7 +156,7 @@ class Binding:
             merged = merge_tied(dict(zip(names, [templates[s] for s in sigs], strict=True)), names)
             if merged is None:  # only reachable past MAX_MOMENTS: check at the moment itself
                 decisions = self.bound.decisions(
-                    epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch
+                    epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch, fired=fired
                 )
                 raise PolicyResolveError(tied_conflicts(self.policy, decisions, [names]))
             out.append(merged)
@@ -162,24 +165,24 @@ class Binding:
         self._class_decisions[key] = out
         return out
 
-    def merged(self, epoch: int, step: int) -> list[Decision]:
+    def merged(self, epoch: int, step: int, fired: Fired = NOTHING_FIRED) -> list[Decision]:
         """One decision per tensor at this moment (tied names merged).
 
         Tensors of one class share one Decision object, whose `name` is that of the class's
         first tensor: read the settings, not the name.
         """
-        key = self.order_key(epoch, step)
+        key = self.order_key(epoch, step, fired)
         if self._merged is not None and self._merged[0] == key:
             return self._merged[1]
-        per_class = self.class_decisions(epoch, step)
+        per_class = self.class_decisions(epoch, step, fired)
         out = [per_class[c] for c in self.tclass]
         self._merged = (key, out)
         return out
 
     def _group(self) -> None:
         timelines: list[list[Rates]] = [[] for _ in self.class_names]
-        for epoch, step in self.moments:
-            for c, d in enumerate(self.class_decisions(epoch, step)):
+        for epoch, step, fired in self.moments:
+            for c, d in enumerate(self.class_decisions(epoch, step, fired)):
                 timelines[c].append((normal_rate(d.lr), normal_rate(d.weight_decay)))
         class_keys = []
         for t in timelines:

@@ -57,8 +57,8 @@ def timeline_problems(binding: Binding) -> list[Diagnostic]:
     wanted: dict[int, set[bool]] = {}  # class -> values its decisions give at some moment
     classes = {binding.tclass[i] for i in fixed}
     by: dict[tuple[int, bool], Statement | None] = {}
-    for epoch, step in binding.moments:
-        decisions = binding.class_decisions(epoch, step)
+    for epoch, step, fired in binding.moments:
+        decisions = binding.class_decisions(epoch, step, fired)
         for c in classes:
             t = decisions[c].trainable
             if t is not None:
