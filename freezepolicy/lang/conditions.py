@@ -110,6 +110,23 @@ class MetricWatch:
         #: check and its suggestions.
         self.seen: set[str] = set()
         self.observed: set[str] = set()
+        #: The moments the groups that took effect did, and the statements whose next group
+        #: reached its plateau and takes effect at the next apply.
+        self.fired: Fired = NOTHING_FIRED
+        self.pending: list[int] = []
+
+    def upcoming(self, epoch: int, step: int) -> Fired:
+        """What has fired once the pending groups take effect at (epoch, step)."""
+        if not self.pending:
+            return self.fired
+        out = {i: list(m) for i, m in self.fired}
+        for i in self.pending:
+            out.setdefault(i, []).append((epoch, step))
+        return tuple(sorted((i, tuple(m)) for i, m in out.items()))
+
+    def commit(self, fired: Fired) -> None:
+        """The pending groups have taken effect (an apply with `upcoming()` succeeded)."""
+        self.fired, self.pending = fired, []
 
     @property
     def metrics(self) -> list[str]:
@@ -155,6 +172,7 @@ class MetricWatch:
                 record[0] += 1
                 record[1], record[2] = None, 0  # the best starts afresh after a transition
                 plateaus.append(i)
+        self.pending.extend(plateaus)
         return plateaus
 
     def never_observed(self) -> list[tuple[int, str]]:
@@ -183,6 +201,8 @@ class MetricWatch:
             "conditions": [[i, *record] for i, record in self.state.items()],
             "observed": sorted(self.observed),
             "seen": sorted(self.seen),
+            "fired": [[i, [list(m) for m in moments]] for i, moments in self.fired],
+            "pending": list(self.pending),
         }
 
     def load_state_dict(self, state: Mapping[str, Any], where: str) -> None:
@@ -191,8 +211,16 @@ class MetricWatch:
             rows = {int(row[0]): [int(row[1]), row[2], int(row[3])] for row in state["conditions"]}
             observed = {str(m) for m in state.get("observed", ())}
             seen = {str(m) for m in state.get("seen", ())}
+            fired = fired_moments(
+                {int(i): [tuple(m) for m in ms] for i, ms in state.get("fired", ())},
+                self.statements,
+                where,
+            )
+            pending = [int(i) for i in state.get("pending", ())]
         except (KeyError, TypeError, ValueError, IndexError):
             raise ValueError(f"{where}: not the state of this policy's `when` statements") from None
+        if any(i not in self.state for i in pending):
+            raise ValueError(f"{where}: not the state of this policy's `when` statements")
         if set(rows) != set(self.state) or any(
             not 0 <= r[0] <= len(self.statements[i].selection.groups)
             or (r[1] is not None and not isinstance(r[1], (int, float)))
@@ -201,6 +229,7 @@ class MetricWatch:
         ):
             raise ValueError(f"{where}: not the state of this policy's `when` statements")
         self.state, self.observed, self.seen = rows, observed, seen
+        self.fired, self.pending = fired, pending
 
 
 def _number(value: Any, name: str, where: str) -> float:
