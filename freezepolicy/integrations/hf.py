@@ -140,7 +140,9 @@ class FreezePolicyCallback(TrainerCallback):
             self._check_optimizer(model, optimizer)
         groups_before = None if optimizer is None else len(optimizer.param_groups)
         try:
-            self._apply(args, state, **kwargs)
+            # A group pending in a resumed checkpoint takes effect where it did in the run that
+            # saved it: at the next step or epoch start, not here.
+            self._apply(args, state, take_pending=False, **kwargs)
         except ValueError as error:
             scheduler = kwargs.get("lr_scheduler")
             if self._attached or scheduler is None or can_split_scheduler(scheduler):
@@ -176,7 +178,12 @@ class FreezePolicyCallback(TrainerCallback):
         control: TrainerControl,
         **kwargs: Any,
     ) -> None:
-        self._apply(args, state, **kwargs)
+        # A resumed run starts again in the middle of the epoch it was saved in, with an
+        # on_epoch_begin the uninterrupted run did not have: a group pending since an
+        # evaluation there takes effect at the next step, as it did then.
+        per_epoch = self.steps_per_epoch
+        inside = per_epoch is not None and state.global_step % per_epoch != 0
+        self._apply(args, state, take_pending=not inside, **kwargs)
 
     def on_epoch_end(
         self,
@@ -227,9 +234,18 @@ class FreezePolicyCallback(TrainerCallback):
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _apply(self, args: TrainingArguments, state: TrainerState, **kwargs: Any) -> ApplyReport:
+    def _apply(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        take_pending: bool = True,
+        **kwargs: Any,
+    ) -> ApplyReport:
         model, optimizer = _model(kwargs), kwargs.get("optimizer")
-        fired = self.watch.upcoming(self.epoch, state.global_step)
+        if take_pending:
+            fired = self.watch.upcoming(self.epoch, state.global_step)
+        else:
+            fired = self.watch.fired
         report = apply_policy(
             model,
             self.policy,
@@ -241,7 +257,7 @@ class FreezePolicyCallback(TrainerCallback):
             scheduler=_scheduler_for(kwargs.get("lr_scheduler"), optimizer),
             fired=dict(fired),
         )
-        if self.watch.pending:
+        if take_pending and self.watch.pending:
             self.watch.commit(fired)
             _callback_states(state)[STATE_KEY] = self.watch.state_dict()
         # A new phase is a change of which tensors train; rate changes (a warm-up moves at every
