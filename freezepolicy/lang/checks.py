@@ -17,7 +17,7 @@ from .bound import BoundPolicy
 from .errors import Diagnostic
 from .nodes import NamePattern, Selector, ShapePattern, Statement, TypePattern
 from .policy import Policy
-from .rules import Rule, mixes_clocks
+from .rules import Rule, mixes_clocks, ordinal
 from .tied import tied_conflicts_over_time
 
 
@@ -135,9 +135,30 @@ def check_names(
 
 def check_policy(policy: Policy) -> list[Diagnostic]:
     """The checks that need nothing but the policy: a note (FP207) for each warm-up that mixes
-    epochs and steps, which only resolves with the number of steps per epoch. The same code
-    is the error `Policy.resolve` and `show` raise without it; lint says it up front."""
+    epochs and steps, which only resolves with the number of steps per epoch (the same code is
+    the error `Policy.resolve` and `show` raise without it; lint says it up front), and a note
+    (FP232) for each metric-driven statement, saying which group takes effect at which plateau:
+    lint checks them as if each could happen at any time."""
     out = []
+    for st in policy.statements:
+        condition = st.condition
+        if condition is None:
+            continue
+        groups = [", ".join(str(s) for s in group) for group in st.selection.groups]
+        later = "".join(f", `{g}` the {ordinal(i + 2)} time" for i, g in enumerate(groups[1:]))
+        first = f" (1st time){later}" if later else ""
+        head = str(st.layers) if st.layers is not None else f"{st.action} `{groups[0]}`"
+        out.append(
+            _diag(
+                policy,
+                "FP232",
+                f"conditional event: {head} {condition}{first}; lint checks"
+                f" {'them' if later else 'it'} as in effect from any moment on",
+                condition,
+                st,
+                severity="note",
+            )
+        )
     for index, st in enumerate(policy.statements):
         if any(mixes_clocks(r) for r in policy.rules if r.statement_index == index):
             out.append(

@@ -116,19 +116,22 @@ class Policy:
         steps_per_epoch: int | None = None,
         module_types: Mapping[str, Collection[str]] | None = None,
         shapes: Mapping[str, Sequence[int]] | None = None,
+        fired: Mapping[int, Sequence[tuple[int, int]]] | None = None,
     ) -> dict[str, Decision]:
         """One `Decision` per name at the moment (`epoch`, `step`), both 0-based.
 
         `module_types` maps a parameter name to the class names (with their bases) of the
         modules that contain it; without it, `type:` selectors select nothing. `shapes` maps a
         parameter name to its shape (`tuple(p.shape)`); without it, `ndim` selectors select
-        nothing. A wrong type or a moment that does not exist (`epoch=-1`) is a TypeError or
-        ValueError.
+        nothing. `fired` maps the index (in `statements`) of each `when ... stops ...`
+        statement to the moments (epoch, step) its groups took effect (conditions.py): without
+        it none has. A wrong type or a moment that does not exist (`epoch=-1`) is a TypeError
+        or ValueError.
         """
         arguments.moment(epoch, step, steps_per_epoch)  # before binding: fail fast
         names = arguments.parameter_names(names, "Policy.resolve()")
         return self.bind(names, module_types, shapes).resolve(
-            epoch=epoch, step=step, steps_per_epoch=steps_per_epoch
+            epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, fired=fired
         )
 
     def format(self) -> str:

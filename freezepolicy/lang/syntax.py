@@ -318,7 +318,7 @@ def syntax_diagnostic(
             "FP103",
             f"expected `for` after `{prev}`, as in `lr 1e-4 for fc`, found {shown}{suggestion}",
         )
-    if found and prev and prev.lower() in ("at", "except") and found_type != "COMMA":
+    if found and prev and prev.lower() in ("at", "except", "when") and found_type != "COMMA":
         # `freeze at epoch 3`: the keyword was read as a selector, so the selector is missing.
         # Point at the keyword (the selector belongs just before it), not at the word after it.
         kw = text.rfind(prev, 0, pos)
