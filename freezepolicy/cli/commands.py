@@ -134,7 +134,9 @@ def run_fmt(args: argparse.Namespace) -> int:
             # Read once: the bytes parsed are the bytes compared (and never a second read of
             # a file that changed, or of a FIFO).
             data = read_policy_file(path)
-            policy = parse(data, path)
+            # Its own text only: an include stays an include line, and the file it names is
+            # neither read nor formatted.
+            policy = parse(data, path, includes=False)
         except PolicyError as exc:
             print(str(exc), file=sys.stderr)
             status = EXIT_USAGE if exc.code in FILE_ERROR_CODES else max(status, 1)

@@ -246,7 +246,7 @@ class ModelSnapshot:
     module_types: dict[str, frozenset[str]]
     #: Normalization layers with running statistics: (path, weak reference, parameter ids).
     norms: list[tuple[str, weakref.ref, tuple[int, ...]]]
-    bindings: dict[tuple[str, str, int | None], Binding] = field(default_factory=dict)
+    bindings: dict[tuple, Binding] = field(default_factory=dict)
     #: id -> requires_grad of each tensor before freezepolicy first changed it in this model
     #: ("untouched" restores it). Ids are safe keys: `params` keeps the tensors alive.
     originals: dict[int, bool] = field(default_factory=dict)
@@ -276,8 +276,20 @@ class ModelSnapshot:
 _MODELS: weakref.WeakKeyDictionary[nn.Module, ModelSnapshot] = weakref.WeakKeyDictionary()
 
 
-#: Policies loaded from paths, by (path, mtime, size), so an apply at every step does not re-parse.
-_LOADED: dict[tuple[str, int, int], Policy] = {}
+#: Policies loaded from paths, by (path, mtime, size), so an apply at every step does not re-parse;
+#: each with the (path, mtime, size) of every file it includes, checked at every hit.
+_LOADED: dict[tuple[str, int, int], tuple[Policy, tuple]] = {}
+
+
+def _stamps(paths: Sequence[str]) -> tuple:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ()  # gone: load again, which says why
+        out.append((path, st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 def snapshot(model: nn.Module) -> tuple[nn.Module, ModelSnapshot]:
@@ -325,17 +337,19 @@ def as_policy(policy: Policy | str | os.PathLike[str]) -> Policy:
         return load(path)  # raises the proper PolicySourceError
     key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
     cached = _LOADED.get(key)
-    if cached is None:
-        cached = load(path)
-        if len(_LOADED) >= 64:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = cached
-    return cached
+    if cached is not None and _stamps(list(cached[0].included)) == cached[1]:
+        return cached[0]
+    policy = load(path)
+    if len(_LOADED) >= 64:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = (policy, _stamps(list(policy.included)))
+    return policy
 
 
-def _binding_key(policy: Policy, steps_per_epoch: int | None) -> tuple[str, str, int | None]:
-    # By text, not identity: the same file loaded twice is the same policy.
-    return (policy.source, policy.text, steps_per_epoch)
+def _binding_key(policy: Policy, steps_per_epoch: int | None) -> tuple:
+    # By text, not identity: the same file loaded twice is the same policy (with the same
+    # files included).
+    return (policy.source, policy.text, tuple(policy.included.items()), steps_per_epoch)
 
 
 def bind(
