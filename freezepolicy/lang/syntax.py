@@ -189,7 +189,7 @@ def _run_on(found: str, expected: set[str]) -> str | None:
     """`found` split into words, when it starts with a keyword or number that was expected
     here but runs into the next word (`freezefc`, `forfc`, `3warmup`)."""
     pieces = split_run_on(found)
-    if len(pieces) < 2:
+    if len(pieces) < 2 or pieces[1:] == ["s"]:  # `layers` is a plural, not `layer s`
         return None
     first = pieces[0]
     wanted = any(first in _SPELLINGS.get(t, ()) for t in expected) or (
