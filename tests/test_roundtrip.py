@@ -420,7 +420,7 @@ VALID_TERMINALS: dict[str, st.SearchStrategy[str]] = {
     "_AT": _padded(st.just("at")),
     "COMMA": st.sampled_from([",", " , ", ",\t"]),
     "NUMBER": _padded(_WHOLE),
-    "PATTERN": _padded(NAME_PATTERN.map(str)),
+    "PATTERN": _padded(st.one_of(NAME_PATTERN.map(str), SHAPE_PATTERN.map(str))),
     "TYPE_PATTERN": _padded(TYPE_PATTERN.map(str)),
     "_SEP": st.sampled_from(["\n", ";", " ; ", "\r\n", "  # note\n", "\n\n", ";\n# c\n"]),
     "WS": SPACE,
@@ -439,7 +439,6 @@ VALID_TERMINALS: dict[str, st.SearchStrategy[str]] = {
     "TREND": _padded(st.sampled_from(["decreasing", "increasing"])),
     "EVALUATIONS": _padded(st.sampled_from(["evaluations", "evaluation"])),
     "METRIC": _padded(CONDITION.map(lambda c: c.metric)),
-    "SHAPE_PATTERN": _padded(SHAPE_PATTERN.map(str)),
 }
 
 
@@ -479,12 +478,10 @@ NOISY_TERMINALS: dict[str, st.SearchStrategy[str]] = {
         NAME_PATTERN.map(str),
         st.from_regex(r"\^?(?:[^\s,;#\[{]|\[[^\]\s;#]*\]?|\{[^}\s;#]*\}?){1,6}", fullmatch=True),
         st.sampled_from(["except", "at", "for", "3..1", "a[", "b{x", "]", "**x", "..", "a..b"]),
+        st.from_regex(r"ndim[<>=!][^\s,;#]{0,5}", fullmatch=True),
     ),
     "TYPE_PATTERN": st.one_of(
         TYPE_PATTERN.map(str), st.from_regex(r"type:[^\s,;#]{0,6}", fullmatch=True)
-    ),
-    "SHAPE_PATTERN": st.one_of(
-        SHAPE_PATTERN.map(str), st.from_regex(r"ndim[<>=!][^\s,;#]{0,5}", fullmatch=True)
     ),
     "METRIC": st.from_regex(r"[^\s,;#]{1,8}", fullmatch=True),
     "STRING": st.one_of(

@@ -383,9 +383,9 @@ class BoundPolicy:
         Epoch-timed and step-timed statements activate independently, so every combination of
         an epoch event with a step event is a distinct set; (0, 0) comes first. Past `limit`
         combinations only a subset is tried. A `when` statement's groups take effect at moments
-        no one knows in advance: with each number of its groups fired (all fired at one of the
-        timed moments, seen then and later), which is what lint checks and what the optimizer
-        groups of `param_groups` are laid out for.
+        no one knows in advance: with each number of its groups fired, all at one of the timed
+        moments or after the last event of either clock or both, seen then and later; which is
+        what lint checks and what the optimizer groups of `param_groups` are laid out for.
         """
         epochs, steps = self.policy.clock_times()
         timed = list(itertools.product(epochs, steps))
@@ -403,7 +403,17 @@ class BoundPolicy:
         if not conditional:
             return out
         counts = list(itertools.product(*(range(n + 1) for _, n in conditional)))[1:]
-        pairs = [(f, m) for f in timed for m in timed if f[0] <= m[0] and f[1] <= m[1]]
+        # A group can also fire after every timed moment on one clock and not on the other
+        # (past the last epoch event, before a step-timed warm-up has ended): each clock gets a
+        # moment after its last event.
+        late_epoch, late_step = max(e for e, _ in timed) + 1, max(s for _, s in timed) + 1
+        late = (late_epoch, late_step)
+        times = sorted(
+            {*timed, late}
+            | {(late_epoch, s) for _, s in timed}
+            | {(e, late_step) for e, _ in timed}
+        )
+        pairs = [(f, m) for f in times for m in times if f[0] <= m[0] and f[1] <= m[1]]
         if len(counts) * len(pairs) > limit:
             # Each statement alone at each count, and all at their last, at the start and at
             # the last moment.
@@ -412,7 +422,7 @@ class BoundPolicy:
                 for i, (_, n) in enumerate(conditional)
                 for k in range(1, n + 1)
             ] + [tuple(n for _, n in conditional)]
-            pairs = [(timed[0], timed[0]), (timed[0], timed[-1]), (timed[-1], timed[-1])]
+            pairs = [(timed[0], timed[0]), (timed[0], late), (late, late)]
         for ks in counts:
             for f, m in pairs:
                 fired = tuple((i, (f,) * k) for (i, _), k in zip(conditional, ks, strict=True) if k)

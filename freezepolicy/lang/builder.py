@@ -14,6 +14,7 @@ from .clauses import (
     Timing,
     check_timing,
     clock_of,
+    is_shape_selector,
     keyword_as_selector,
     pattern_problem,
     shape_pattern,
@@ -280,7 +281,7 @@ class AstBuilder(Transformer):
         tok: Token = children[0]
         span = token_span(tok)
         text = str(tok)
-        if tok.type == "SHAPE_PATTERN":
+        if tok.type == "PATTERN" and is_shape_selector(text):
             return shape_pattern(text, span)
         if tok.type == "TYPE_PATTERN":
             body = text[len("type:") :]

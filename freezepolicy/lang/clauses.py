@@ -75,6 +75,12 @@ def keyword_as_selector(word: str, span: Span) -> Problem:
 _SHAPE = re.compile(r"ndim(<=|>=|!=|<|>|=)([0-9]+)")
 
 
+def is_shape_selector(text: str) -> bool:
+    """A selector token that selects by shape: `ndim` and a comparison sign (`ndim<2`); checked
+    further, with its errors, by `shape_pattern`."""
+    return text.startswith("ndim") and text[4:5] in ("<", ">", "=", "!")
+
+
 def shape_pattern(text: str, span: Span) -> tuple[ShapePattern, tuple[Problem, ...]]:
     match = _SHAPE.fullmatch(text)
     digits = match.group(2) if match is not None else ""

@@ -36,7 +36,6 @@ _EXPECTED_WORDS: dict[str, str] = {
     "STATS": "a statement (`freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)",
     "INCLUDE": "a statement (`freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)",
     "STATS_MODE": "`update` or `freeze`",
-    "SHAPE_PATTERN": "a selector such as `layer1` or `*`",
     "STRING": 'a path in double quotes, as in `include "base.freeze"`',
     "_PER": "`per`",
     "_LAYER": "`layer`",
@@ -77,7 +76,7 @@ _KEYWORD_OF_TERMINAL = {
 }
 
 
-_SELECTOR_TERMINALS = {"PATTERN", "TYPE_PATTERN", "SHAPE_PATTERN"}
+_SELECTOR_TERMINALS = {"PATTERN", "TYPE_PATTERN"}
 
 #: The words each keyword terminal is spelled as (CLOCK and STATS_MODE have several).
 _SPELLINGS: dict[str, tuple[str, ...]] = {
