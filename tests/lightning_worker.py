@@ -34,6 +34,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,58 @@ def train_ddp(run_dir: Path) -> None:
     torch.save({"done": True}, run_dir / "result.pt")
 
 
+#: A metric-driven policy for the Classifier; `val_acc` is never logged (a warning at the end).
+METRIC_POLICY = """\
+freeze *
+unfreeze out
+unfreeze fc2 then fc1 when val_loss stops decreasing for 1 evaluation
+lr 0.5x for out when val_acc stops increasing for 1 evaluation
+"""
+#: The validation loss each epoch logs: plateaus after epochs 2 and 4 (the best restarts after
+#: the first transition), so fc2 joins at epoch 3 and fc1 at epoch 5.
+METRIC_SCRIPT = [1.0, 0.8, 0.9, 0.7, 0.75, 0.6]
+
+
+class Scripted(Classifier):
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", torch.tensor(METRIC_SCRIPT[self.current_epoch]))
+
+
+class EpochTrainable(pl.Callback):
+    def __init__(self) -> None:
+        self.trainable: list[list[str]] = []
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0:
+            self.trainable.append(
+                sorted({n.split(".")[0] for n, p in module.named_parameters() if p.requires_grad})
+            )
+
+
+def train_metric(run_dir: Path) -> None:
+    torch.manual_seed(rw.SEED)
+    freeze = FreezePolicyCallback(fp.parse(METRIC_POLICY, "metric.freeze"))
+    seen = EpochTrainable()
+    trainer = trainer_for(
+        run_dir,
+        [freeze, seen],
+        max_epochs=len(METRIC_SCRIPT),
+        limit_train_batches=2,
+        limit_val_batches=1,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Scripted(), classifier_loader(), classifier_loader())
+    assert freeze.freeze_scheduler is not None
+    result = {
+        "trainable": seen.trainable,
+        "fired": freeze.freeze_scheduler.fired,
+        "groups": len(trainer.optimizers[0].param_groups),
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, fp.PolicyWarning)],
+    }
+    torch.save(result, run_dir / "result.pt")
+
+
 def refused(run_dir: Path) -> None:
     """Misuses refused before the first training step, each with its message (or "trained" if
     it was not refused):
@@ -401,7 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         resume = out / name / "last.ckpt"
         resumed[case] = start(out, f"{case}-resumed", classifier(init_seed=1, resume=resume))
     status["straight"] = wait(straight)
-    others = {"ddp": start(out, "ddp", train_ddp), "refused": start(out, "refused", refused)}
+    others = {
+        "ddp": start(out, "ddp", train_ddp),
+        "refused": start(out, "refused", refused),
+        "metric": start(out, "metric", train_metric),
+    }
     for case, pid in resumed.items():
         status[f"{case}-resumed"] = wait(pid)
     for name, pid in others.items():

@@ -53,3 +53,27 @@ def not_a_model() -> str:
 
 def needs_an_argument(width: int) -> nn.Module:
     return nn.Linear(width, width)
+
+
+def timm_vit(depth: int = 6, **overrides) -> nn.Module:
+    """A timm VisionTransformer with random weights (nothing downloaded), small enough for a
+    CPU test: 32x32 images in 8x8 patches, width 32. `overrides` go to its constructor."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    fields = dict(img_size=32, patch_size=8, embed_dim=32, depth=depth, num_heads=2, num_classes=5)
+    return VisionTransformer(**{**fields, **overrides})
+
+
+def timm_vit_registers() -> nn.Module:
+    """The other layout of timm's ViT: register tokens, average pooling and `fc_norm`, no class
+    token, LayerScale gammas."""
+    return timm_vit(
+        6, class_token=False, reg_tokens=4, global_pool="avg", fc_norm=True, init_values=1e-5
+    )
+
+
+def timm_convnext() -> nn.Module:
+    """timm's smallest ConvNeXt, with random weights."""
+    import timm
+
+    return timm.create_model("convnext_atto", pretrained=False, num_classes=5)

@@ -74,6 +74,19 @@ unfreeze fc1 at epoch 7
 """
 
 
+#: A metric-driven policy: fc2, then fc1, unfreeze when the validation loss stops decreasing
+#: for 2 evaluations. With METRIC_SCRIPT, fc2 joins at epoch 4 (the plateau of epochs 2-3) and
+#: fc1 at epoch 7 (the plateau of epochs 5-6, counted afresh from epoch 4's best).
+METRIC_POLICY = """\
+freeze fc1, fc2
+lr 0.1x for fc2
+unfreeze fc2 then fc1 when val_loss stops decreasing for 2 evaluations
+"""
+#: The validation loss observed after each epoch: scripted, so the plateaus fall where the test
+#: needs them (a checkpoint in the middle of a plateau, and one with a transition pending).
+METRIC_SCRIPT = [1.0, 0.9, 0.95, 0.97, 0.8, 0.85, 0.9, 0.7]
+
+
 class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -199,6 +212,9 @@ def train(
             records.append(snapshot(run, "step"))
             if after_step is not None:
                 after_step(run)
+        # An evaluation: observed before the checkpoint, so the checkpoint holds it; what it
+        # decides takes effect at the next start_epoch. (A policy without `when` ignores it.)
+        run.freeze.observe({"val_loss": METRIC_SCRIPT[epoch]})
         if after_epoch is not None:
             after_epoch(run, epoch)
 

@@ -44,6 +44,11 @@ RESNET_SELECTORS = [
     "type:BatchNorm2d",
     "type:BasicBlock",
     "type:Conv2d",
+    # Counted from the end, per parent; by tensor shape (issue 13).
+    "layer4.-1",
+    "-1.bn1",
+    "ndim<2",
+    "ndim>=4",
 ]
 # Around the two tied pairs of BertForMaskedLM: word_embeddings.weight = cls.predictions.decoder
 # .weight (an Embedding and a Linear) and cls.predictions.bias = cls.predictions.decoder.bias.
@@ -72,16 +77,26 @@ ACTIONS = [
     "stats freeze for",
 ]
 WHEN = ["", "", " at epoch 1", " at epoch 2", " at step 3"]
+WHEN += [" when val_loss stops decreasing for 1 evaluation", " warmup 2 steps"]
+#: A layer decay: the action's words around the selectors (the stack is ResNet's stages).
+LAYER_DECAY = "lr decay 0.5 per layer from"
+
+
+def _statement(action: str, include: list[str], exclude: list[str], when: str) -> str:
+    if when.startswith(" warmup") and action not in ("unfreeze", "lr 0.1x for", LAYER_DECAY):
+        when = ""
+    if action == LAYER_DECAY:
+        head = f"{action} {include[0]} down layer{{1..4}}"
+        head += f" to {include[1]}" if len(include) > 1 else ""
+    else:
+        head = f"{action} {', '.join(include)}"
+    return head + (f" except {', '.join(exclude)}" if exclude else "") + when
 
 
 def statements(selectors: list[str]) -> st.SearchStrategy[str]:
     return st.builds(
-        lambda action, include, exclude, when: (
-            f"{action} {', '.join(include)}"
-            + (f" except {', '.join(exclude)}" if exclude else "")
-            + when
-        ),
-        st.sampled_from(ACTIONS),
+        _statement,
+        st.sampled_from(ACTIONS + ([LAYER_DECAY] if "ndim<2" in selectors else [])),
         st.lists(st.sampled_from(selectors), min_size=1, max_size=2, unique=True),
         st.lists(st.sampled_from(selectors), max_size=1),
         st.sampled_from(WHEN),
@@ -93,6 +108,8 @@ def policies(selectors: list[str]) -> st.SearchStrategy[str]:
 
 
 MOMENTS = st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([0, 4]))
+#: With whether the `when` statements' first group has taken effect.
+RESNET_MOMENTS = st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([0, 4]), st.booleans())
 
 
 # Tiny models train faster on one thread than on two contending for a busy machine.
@@ -135,13 +152,15 @@ def state_of(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
 )
 @given(
     text=policies(RESNET_SELECTORS),
-    moment=MOMENTS,
+    moment=RESNET_MOMENTS,
     optimizer=st.sampled_from(["adamw-groups", "sgd-groups", "adamw-user"]),
 )
 def test_frozen_stays_bit_for_bit_and_trainable_moves(resnet, text, moment, optimizer):
     model = copy.deepcopy(resnet)
     policy = fp.parse(text)
-    epoch, step = moment
+    epoch, step, plateau = moment
+    # The `when` statements' groups took effect at the start (or none has).
+    fired = {i: [(0, 0)] for i, s in enumerate(policy.statements) if s.condition and plateau}
     if optimizer == "adamw-user":
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     else:
@@ -163,7 +182,7 @@ def test_frozen_stays_bit_for_bit_and_trainable_moves(resnet, text, moment, opti
 
     fp.apply_policy(model, policy, opt)  # the start of training: state at (0, 0) ...
     train(1)  # ... so tensors trainable then carry optimizer state into the later moment
-    report = fp.apply_policy(model, policy, opt, epoch=epoch, step=step)
+    report = fp.apply_policy(model, policy, opt, epoch=epoch, step=step, fired=fired)
 
     # requires_grad is what the policy resolves to; untouched tensors stay trainable (as built).
     decisions = policy.resolve(
@@ -171,6 +190,8 @@ def test_frozen_stays_bit_for_bit_and_trainable_moves(resnet, text, moment, opti
         epoch=epoch,
         step=step,
         module_types=_module_types(model),
+        shapes={n: tuple(p.shape) for n, p in model.named_parameters()},
+        fired=fired,
     )
     for name, p in model.named_parameters():
         d = decisions[name]
@@ -178,7 +199,7 @@ def test_frozen_stays_bit_for_bit_and_trainable_moves(resnet, text, moment, opti
 
     # Applying again changes nothing.
     once = state_of(model, opt)
-    again = fp.apply_policy(model, policy, opt, epoch=epoch, step=step)
+    again = fp.apply_policy(model, policy, opt, epoch=epoch, step=step, fired=fired)
     assert not again.changed
     assert state_of(model, opt) == once
 
@@ -252,14 +273,24 @@ def _splits_a_tied_tensor(policy: fp.Policy, model: nn.Module) -> bool:
         by_tensor.setdefault(id(p), []).append(n)
     tied = [g for g in by_tensor.values() if len(g) > 1]
     types = _module_types_all(model)
-    for epoch in (0, 1, 2):
-        for step in (0, 3):
-            decisions = policy.resolve(names, epoch=epoch, step=step, module_types=types)
-            for group in tied:
-                for setting in ("trainable", "lr", "weight_decay", "stats"):
-                    values = {getattr(decisions[n], setting) for n in group} - {None}
-                    if len(values) > 1:
-                        return True
+    # `when` statements take effect at moments no one knows: any of them, all at one moment
+    # (of the moments below) that is no later than the moment looked at.
+    conditional = [i for i, s in enumerate(policy.statements) if s.condition is not None]
+    moments = [(e, s) for e in (0, 1, 2) for s in (0, 3)]
+    scenarios: list[tuple[int, int, dict]] = [(e, s, {}) for e, s in moments]
+    for chosen in range(1, 2 ** len(conditional)):
+        subset = [i for b, i in enumerate(conditional) if chosen >> b & 1]
+        for f in moments:
+            for e, s in moments:
+                if f[0] <= e and f[1] <= s:
+                    scenarios.append((e, s, {i: [f] for i in subset}))
+    for epoch, step, fired in scenarios:
+        decisions = policy.resolve(names, epoch=epoch, step=step, module_types=types, fired=fired)
+        for group in tied:
+            for setting in ("trainable", "lr", "weight_decay", "stats"):
+                values = {getattr(decisions[n], setting) for n in group} - {None}
+                if len(values) > 1:
+                    return True
     return False
 
 

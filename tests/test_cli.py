@@ -17,7 +17,9 @@ HERE = Path(__file__).parent
 CANONICAL = HERE / "canonical"
 SCRIPT = shutil.which("freezepolicy", path=str(Path(sys.executable).parent))
 MODULE = [sys.executable, "-m", "freezepolicy"]
-STATEMENT_WORDS = "(a statement starts with `freeze`, `unfreeze`, `lr`, `decay` or `stats`)"
+STATEMENT_WORDS = (
+    "(a statement starts with `freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)"
+)
 
 
 def _env() -> dict[str, str]:
@@ -106,10 +108,22 @@ def test_version(files, command) -> None:
 
 
 def test_lint_clean_file_prints_nothing(files) -> None:
+    """Clean files print nothing but the notes of their metric-driven statements (FP232), one
+    per `when` statement, which lint shows as conditional events."""
     done = run(
         "lint", "ok.freeze", *[str(p) for p in sorted(CANONICAL.glob("*.freeze"))], cwd=files
     )
-    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert (done.returncode, done.stderr) == (0, "")
+    heads = [line for line in done.stdout.splitlines() if not line.startswith(" ")]
+    expected = [
+        (str(path), number)
+        for path in sorted(CANONICAL.glob("*.freeze"))
+        for number, text in enumerate(path.read_text().splitlines(), start=1)
+        if " when " in text and not text.lstrip().startswith("#")
+    ]
+    assert expected, "the canonical files should hold a metric-driven statement"
+    assert [(h.split(":")[0], int(h.split(":")[1])) for h in heads] == expected
+    assert all(": note: conditional event: " in h and h.endswith("[FP232]") for h in heads)
 
 
 def test_lint_reports_every_syntax_problem(files) -> None:

@@ -26,7 +26,7 @@ from freezepolicy.lang.errors import CODES, Diagnostic
 from freezepolicy.lang.parser import MAX_ERRORS
 
 PATH = "policy.freeze"
-STATEMENT_WORDS = "(a statement starts with `freeze`, `unfreeze`, `lr`, `decay` or `stats`)"
+STATEMENT_WORDS = "(a statement starts with `freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)"
 
 
 def error_of(source: str | bytes) -> PolicyError:
@@ -396,7 +396,7 @@ CATALOGUE = [
     pytest.param(
         "freeze fc bn1",
         """
-        policy.freeze:1:11: unexpected `bn1`; expected `,`, `then`, `except`, `at`, `every`, `warmup` or the end of the statement (separate selectors with `,`) [FP103]
+        policy.freeze:1:11: unexpected `bn1`; expected `,`, `then`, `except`, `at`, `every`, `warmup`, `when` or the end of the statement (separate selectors with `,`) [FP103]
             freeze fc bn1
                       ^~~
         """,

@@ -8,6 +8,7 @@ Every training run that several tests look at runs once, in a module-scoped fixt
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -620,3 +621,60 @@ def test_a_scheduler_subclass_is_not_split() -> None:
     with pytest.raises(ValueError, match="scheduler"):
         fp.apply_policy(model, fp.parse("lr 0.1x for 2"), opt, scheduler=sched)
     assert len(opt.param_groups) == 1 and len(sched.base_lrs) == 1
+
+
+# --- metric-driven transitions ---------------------------------------------------------------
+
+METRIC_POLICY = """\
+freeze *
+unfreeze classifier
+unfreeze encoder.layer.-1 then encoder.layer.-2 when val_score stops increasing for 1 evaluation
+"""
+#: The score each epoch's evaluation reports (as `eval_score`): a plateau at epoch 2's, so the
+#: last block joins at epoch 3, and the one below it would at the next plateau (never).
+SCORES = [0.5, 0.6, 0.55, 0.7]
+
+
+class ScriptedScore(TrainerCallback):
+    """Adds `eval_score` to each evaluation's metrics, by epoch (the callbacks after it see it)."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        metrics["eval_score"] = SCORES[round(state.epoch) - 1]
+
+
+def train_with_metric(out: Path, resume: Path | None = None) -> tuple[Trainer, Recorder]:
+    recorder = Recorder()
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=training_args(out, eval_strategy="epoch", save_strategy="epoch"),
+        train_dataset=HalfVocab(),
+        eval_dataset=HalfVocab(BATCH, seed=1),
+        callbacks=[ScriptedScore()],
+    )
+    attach(trainer, fp.parse(METRIC_POLICY, "metric.freeze"))
+    trainer.add_callback(recorder)
+    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    return trainer, recorder
+
+
+def test_a_metric_plateau_unfreezes_the_next_group_and_resumes(tmp_path: Path) -> None:
+    trainer, recorder = train_with_metric(tmp_path / "straight")
+    last = [n for n in recorder.epochs[0].requires_grad if ".layer.1." in n]
+
+    def trains(moment: Moment) -> set[str]:
+        return {n for n, t in moment.requires_grad.items() if t}
+
+    classifier = {"classifier.weight", "classifier.bias"}
+    # `eval_score` observed as `val_score` too; the plateau after epoch 2 fires at epoch 3.
+    assert [trains(m) for m in recorder.epochs] == [classifier] * 3 + [classifier | set(last)]
+    callback = next(
+        c for c in trainer.callback_handler.callbacks if isinstance(c, FreezePolicyCallback)
+    )
+    assert callback.watch.fired == ((2, ((3, 3 * STEPS_PER_EPOCH),)),)
+    # Saved at the end of epoch 2, with the transition pending: a resumed run makes it too.
+    checkpoint = tmp_path / "straight" / f"checkpoint-{3 * STEPS_PER_EPOCH}"
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["freezepolicy"]["pending"] == [2]
+    resumed, again = train_with_metric(tmp_path / "resumed", resume=checkpoint)
+    assert [trains(m) for m in again.epochs] == [classifier | set(last)]
+    assert changed(snapshot(trainer.model), snapshot(resumed.model), list(last)) == []

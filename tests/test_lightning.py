@@ -182,6 +182,21 @@ def test_ddp_ranks_stay_identical_through_unfreeze_and_refreeze(runs: Path) -> N
     schedule.check_ranks([rank["records"] for rank in ranks])
 
 
+def test_metric_driven_unfreeze(runs: Path) -> None:
+    got = result(runs, "metric")
+    # val_loss 1.0, 0.8, 0.9 (plateau: fc2 from epoch 3), 0.7, 0.75 (plateau: fc1 from epoch 5).
+    assert got["trainable"] == [["out"]] * 3 + [["fc2", "out"]] * 2 + [["fc1", "fc2", "out"]]
+    spe = 2  # limit_train_batches
+    assert got["fired"] == {2: [(3, 3 * spe), (5, 5 * spe)]}
+    # The groups were laid out at the start for every transition: fc1 and fc2 (the base rate at
+    # every moment), and out, whose rate halves if val_acc's condition ever fires. (With the
+    # conditional moments left out of the timeline, all three would share one group.)
+    assert got["groups"] == 2
+    (warning,) = got["warnings"]
+    assert warning.startswith("metric.freeze:4:22: warning: `val_acc` was never observed")
+    assert "[FP231]" in warning
+
+
 def test_misuses_are_refused_before_training(runs: Path) -> None:
     errors = result(runs, "refused")
     # An optimizer without fc1, which the policy unfreezes at epoch 2.

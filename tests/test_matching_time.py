@@ -61,6 +61,15 @@ _CHILD = textwrap.dedent(
                 if len(name) <= 60:
                     assert selected == reference(pattern, name), (family, k, name)
         print(family, round(time.perf_counter() - started, 3), flush=True)
+    # Indices counted from the end: the parts before the index are matched against each parent
+    # with the same part matchers (relative.py).
+    started = time.perf_counter()
+    names = ["x" * 39 + "c.0.w", "x" * 39 + "c.1.w", "x" * 40 + ".0.w", "x" * 400 + ".5.w"]
+    for k in range(1, K + 1):
+        bound = freezepolicy.parse("freeze " + "{*,x}" * k + "c.-1").bind(names)
+        chosen = [n for n in names if bound.decisions()[n].trainable is not None]
+        assert chosen == ["x" * 39 + "c.1.w"], (k, chosen)
+    print("from-end", round(time.perf_counter() - started, 3), flush=True)
     # `type:` selectors use the same part matchers.
     started = time.perf_counter()
     for k in range(1, K + 1):
@@ -87,7 +96,7 @@ def test_generated_worst_cases_match_in_linear_time() -> None:
         pytest.fail(f"still running after {LIMIT_S} s; finished: {exc.stdout!r}")
     assert done.returncode == 0, done.stderr
     finished = [line.split()[0] for line in done.stdout.splitlines()]
-    assert len(finished) == 10, done.stdout
+    assert len(finished) == 11, done.stdout
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,37 @@ MORE_BAD_INPUTS: dict[str, str | bytes] = {
     "all_keywords.freeze": (
         "freeze freeze unfreeze lr decay stats update for at epoch step every then warmup except\n"
     ),
+    # The constructs of issue 13: indices from the end, layer decay, shapes, `when`, include.
+    "from_end.freeze": "freeze layers.-0\nfreeze a.-1..-2\nfreeze layer1..-1\nfreeze {-1,2}\n",
+    "from_end_nothing.freeze": "unfreeze encoder.layer.-2..-1\nfreeze *.layers.-30, -1\n",
+    "layer_decay.freeze": (
+        "lr decay 1.5 per layer down blocks\nlr decay 0.5x per layer down b\n"
+        "lr decay 0.5 per layer down type:Block, ndim<2\nlr decay 0.5 per layer from down to\n"
+        "lr decay per layer down x\nlr decay 0.5 per layers down x\n"
+    ),
+    "layer_decay_ok.freeze": "lr decay 0.75 per layer from * down fc1, blocks.-2..-1 to embed\n",
+    "shape.freeze": "decay 0 for ndim==2\nfreeze ndim<x\nfreeze ndim<9999, ndim\nfreeze ndim<\n",
+    "shape_ok.freeze": "decay 0 for ndim<2, ndim>7\nfreeze ndim!=2 except fc1\n",
+    "when.freeze": (
+        "unfreeze a at epoch 1 when m stops decreasing for 2 evaluations\n"
+        "unfreeze a when m stops decreasing for 0 evaluations\nunfreeze a when 3x stops falling\n"
+        "freeze when\nunfreeze b then c when m stops increasing for 1 evaluation every 2 epochs\n"
+        "unfreeze b when m stops increasing for 99999999999999999999 evaluations\n"
+    ),
+    "when_ok.freeze": (
+        "freeze *\nunfreeze fc1 then fc2 when val_loss stops decreasing for 1 evaluation"
+        " warmup 2 epochs\nlr 0.1x for out when val/acc stops increasing for 3 evaluations\n"
+        "lr decay 0.5 per layer down fc1 when x stops increasing for 1 evaluation\n"
+    ),
+    "include_missing.freeze": 'include "no_such_file.freeze"\n',
+    "include_cycle.freeze": 'freeze *\ninclude "more_include_cycle.freeze"\n',
+    "include_bad.freeze": 'include "more_run_on.freeze"\ninclude "more_invisible.freeze"\n',
+    "include_not_regular.freeze": 'include "a_directory.freeze"\ninclude "pipe.freeze"\n',
+    "include_device.freeze": 'include "/dev/zero"\n',
+    "include_builtin.freeze": (
+        'include "builtin:nope"\ninclude ""\ninclude builtin\ninclude "builtin:../../x"\n'
+        'include "builtin:bert_last2"\n'
+    ),
 }
 
 
@@ -141,6 +172,8 @@ def test_every_bad_input_through_each_command_is_never_an_internal_error(
         if "--model" not in command:
             quiet |= {"more_backtracking.freeze", "more_double_stars.freeze"}
             quiet |= {"more_type_backtracking.freeze", "more_dead.freeze"}
+            quiet |= {"more_from_end_nothing.freeze", "more_layer_decay_ok.freeze"}
+            quiet |= {"more_shape_ok.freeze"}
         unreported = [n for n in names if Path(n).name not in said and Path(n).name not in quiet]
         assert unreported == [], command
 

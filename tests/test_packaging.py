@@ -96,6 +96,12 @@ def test_wheel_carries_the_grammar_byte_for_byte(wheel: Path) -> None:
         ):
             assert f"freezepolicy/{module}.py" in names
         assert not any(n.startswith(("tests/", "grammar/")) for n in names)
+        # The policies of policies/, byte for byte: the built-in ones.
+        shipped = sorted(n for n in names if n.startswith("freezepolicy/policies/"))
+        policies = sorted(ROOT.glob("policies/*.freeze"))
+        assert shipped == [f"freezepolicy/policies/{p.name}" for p in policies]
+        for p in policies:
+            assert zf.read(f"freezepolicy/policies/{p.name}") == p.read_bytes()
 
 
 def test_wheel_declares_the_console_script(wheel: Path) -> None:
@@ -130,9 +136,17 @@ def test_installed_package_loads_its_grammar_outside_the_checkout(
         "print(grammar_path())\n"
         "p = freezepolicy.parse('freeze * except fc; lr 0 for layer1..3')\n"
         "print(len(p.statements), callable(main))\n"
+        "b = freezepolicy.load('builtin:bert_last2')\n"
+        "i = freezepolicy.parse('include \"builtin:no_decay_bias_norm\"')\n"
+        "print(b.source)\n"
+        "print(len(b.statements), [str(s) for s in i.statements])\n"
     )
     done = _run([sys.executable, "-c", script], cwd=tmp_path, env=_outside_env(installed))
-    package_file, grammar, result = done.stdout.splitlines()
+    package_file, grammar, result, builtin, statements = done.stdout.splitlines()
+    # The built-in policies are read from the installed package, not from the checkout.
+    shipped = installed / "freezepolicy" / "policies" / "bert_last2.freeze"
+    assert Path(builtin).resolve() == shipped.resolve()
+    assert statements == "2 ['decay 0 for ndim<2']"
     assert Path(package_file).resolve().is_relative_to(installed.resolve())
     packaged = installed / "freezepolicy" / "lang" / "freeze.lark"
     assert Path(grammar).resolve() == packaged.resolve()

@@ -35,8 +35,12 @@ MODELS = {
     "no_decay_bias_norm.freeze": [
         ["torchvision:resnet18"],
         ["transformers:bert-base-uncased"],
-        # Llama has no biases: alone it gets FP201 for `bias`; in a shared lint it does not.
-        ["torchvision:resnet18", "transformers:bert-base-uncased", "transformers:llama-3-8b"],
+        ["transformers:llama-3-8b"],
+    ],
+    # What it gives each tensor is checked against timm's own in tests/test_layer_decay.py.
+    "vit_layer_decay.freeze": [
+        ["tests.model_factories:timm_vit"],
+        ["tests.model_factories:timm_vit_registers"],
     ],
     "mlp_two_phase.freeze": [["tests.model_factories:mlp"]],
     "mlp_head_only.freeze": [["freezepolicy.demo.digits_runs:mlp"]],
@@ -130,17 +134,13 @@ def test_bert_last2_trains_the_top(spec):
     "spec", ["torchvision:resnet18", "transformers:bert-base-uncased", "transformers:llama-3-8b"]
 )
 def test_no_decay_bias_norm(spec):
-    info, found = decisions("no_decay_bias_norm.freeze", spec)
-    norms = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm, nn.RMSNorm)
-    norm_params = {
-        f"{path}.{p}" if path else p
-        for path, module in model(spec).named_modules()
-        if isinstance(module, norms) or type(module).__name__.endswith("RMSNorm")
-        for p, _ in module.named_parameters(recurse=False)
-    }
-    assert norm_params  # every model here has normalization layers
+    # On more models, and through param_groups, in tests/test_shapes.py.
+    info = inspect_model(model(spec))
+    policy = load(POLICIES / "no_decay_bias_norm.freeze")
+    shapes = {n: tuple(p.shape) for n, p in info.params.items()}
+    found = policy.resolve(info.names, module_types=info.module_types, shapes=shapes)
     for name, d in found.items():
-        no_decay = name.endswith(".bias") or name in norm_params
+        no_decay = len(shapes[name]) < 2
         assert (d.weight_decay is not None) == no_decay, name
         if no_decay:
             assert d.weight_decay.value == 0
@@ -180,14 +180,16 @@ def test_lint_without_model_never_imports_torch():
     assert done.stdout == ""
 
 
-def test_shared_lint_reports_only_what_holds_for_every_model(capsys):
-    policy = str(POLICIES / "no_decay_bias_norm.freeze")
-    assert main(["lint", "--model", "transformers:llama-3-8b", policy]) == 1
+def test_shared_lint_reports_only_what_holds_for_every_model(capsys, tmp_path):
+    # The recipe by name and class: Llama has no biases.
+    policy = tmp_path / "no_decay_by_name.freeze"
+    policy.write_text("decay 0 for bias, type:*Norm\n")
+    assert main(["lint", "--model", "transformers:llama-3-8b", str(policy)]) == 1
     out = capsys.readouterr().out
     assert out.count("[FP") == 1 and "selector `bias` matches no parameter [FP201]" in out
     # `bias` matches in resnet18, so with both models nothing is reported.
     both = ["lint", "--model", "transformers:llama-3-8b", "--model", "torchvision:resnet18"]
-    assert main([*both, policy]) == 0
+    assert main([*both, str(policy)]) == 0
     assert capsys.readouterr().out == ""
 
 

@@ -65,6 +65,10 @@ CASES = {
     # fc1 still frozen (until epoch 2): the resumed run performs the unfreeze itself.
     "frozen_phase": (0, 1 * SPE + 3),
 }
+#: The same for worker.METRIC_POLICY: a checkpoint in the middle of the first plateau (one
+#: evaluation not better), and one with fc1's group pending (its plateau complete, to take effect
+#: at the next epoch start).
+METRIC_CASES = {"metric_counting": (5, 6 * SPE + 3), "metric_pending": (3, 4 * SPE + 3)}
 GROUPS = [["fc1.weight", "fc1.bias"], ["fc2.weight", "fc2.bias"], ["out.weight", "out.bias"]]
 ALL = sorted(n for group in GROUPS for n in group)
 
@@ -188,6 +192,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("resume")
     policy = root / "policy.freeze"
     policy.write_text(worker.POLICY)
+    metric_policy = root / "metric.freeze"
+    metric_policy.write_text(worker.METRIC_POLICY)
+    policy_of = {
+        **{case: policy for case in CASES},
+        **{case: metric_policy for case in METRIC_CASES},
+    }
     deadline = time.monotonic() + DEADLINE
     out: dict[str, Any] = {}
     reference = Job.make("uninterrupted", root, policy)
@@ -202,11 +212,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     server = Server(root)
     try:
         killed = {
-            case: Job.make(f"{case}-killed", root, policy, "--hold-at-step", str(hold))
-            for case, (_, hold) in CASES.items()
+            case: Job.make(f"{case}-killed", root, policy_of[case], "--hold-at-step", str(hold))
+            for case, (_, hold) in {**CASES, **METRIC_CASES}.items()
         }
         for run in killed.values():
             server.start(run, deadline)
+        # The metric policy's uninterrupted run goes through the server too (a fork: lean).
+        metric_reference = Job.make("metric-uninterrupted", root, metric_policy)
+        server.start(metric_reference, deadline)
         resumed: dict[str, Job] = {}
         for case, run in killed.items():
             # The run writes `held` after its checkpoint and after training on past it.
@@ -223,7 +236,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             # --init-seed 1: the new model starts from other weights, so whatever the resumed
             # run ends with came through the checkpoint.
             resumed[case] = Job.make(
-                f"{case}-resumed", root, policy, "--resume", str(ckpt), "--init-seed", "1"
+                f"{case}-resumed", root, policy_of[case], "--resume", str(ckpt), "--init-seed", "1"
             )
             server.start(resumed[case], deadline)
         for case, run in resumed.items():
@@ -231,6 +244,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             if code != 0:
                 run.fail(f"exit code {code}")
             out[case]["final"] = torch.load(run.dir / "final.pt", weights_only=True)
+        code = server.wait(metric_reference, deadline)
+        if code != 0:
+            metric_reference.fail(f"exit code {code}")
+        out["metric_reference"] = torch.load(metric_reference.dir / "final.pt", weights_only=True)
         try:
             ref_proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -311,9 +328,34 @@ def test_uninterrupted_run_goes_through_every_phase(runs: dict[str, Any]) -> Non
     assert len(changes) == 3, changes
 
 
-@pytest.mark.parametrize("case", CASES)
+def test_uninterrupted_metric_run_unfreezes_at_each_plateau(runs: dict[str, Any]) -> None:
+    records = runs["metric_reference"]["records"]
+    assert len(records) == worker.EPOCHS * (1 + SPE)
+    for r in records:
+        # A plateau observed after an epoch takes effect at the next start_epoch: the record of
+        # the epoch's last step (already at the next epoch's moment) is still before it.
+        fc2, fc1 = (
+            r["epoch"] >= e and (r["label"] == "start" or r["step"] > e * SPE) for e in (4, 7)
+        )
+        want = [
+            n
+            for n in ALL
+            if n.startswith("out.")
+            or (fc2 and n.startswith("fc2."))
+            or (fc1 and n.startswith("fc1."))
+        ]
+        assert r["trainable"] == want, _key(r)
+        # fc1 and out share the base rate at every moment: one group, fc2 (0.1x) the other.
+        assert r["groups"] == [GROUPS[0] + GROUPS[2], GROUPS[1]], _key(r)
+        base = worker.BASE_LR * worker.lr_factor(r["step"])
+        assert r["lrs"] == pytest.approx([base, 0.1 * base], rel=1e-12), _key(r)
+    state = runs["metric_reference"]["freeze"]["metrics"]
+    assert state["fired"] == [[2, [[4, 4 * SPE], [7, 7 * SPE]]]]
+
+
+@pytest.mark.parametrize("case", {**CASES, **METRIC_CASES})
 def test_killed_run_stopped_after_its_checkpoint(runs: dict[str, Any], case: str) -> None:
-    epoch, hold = CASES[case]
+    epoch, hold = {**CASES, **METRIC_CASES}[case]
     result = runs[case]
     assert result["returncode"] == -signal.SIGKILL
     assert not result["killed_final_exists"]
@@ -325,10 +367,10 @@ def test_killed_run_stopped_after_its_checkpoint(runs: dict[str, Any], case: str
     assert result["held"]["step"] == hold > (epoch + 1) * SPE
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", {**CASES, **METRIC_CASES})
 def test_resumed_run_equals_the_uninterrupted_run(runs: dict[str, Any], case: str) -> None:
-    epoch, _ = CASES[case]
-    ref = runs["reference"]
+    epoch, _ = {**CASES, **METRIC_CASES}[case]
+    ref = runs["metric_reference" if case in METRIC_CASES else "reference"]
     got = runs[case]["final"]
     assert got["start_epoch"] == epoch + 1
     # Bit for bit: every parameter, every optimizer moment, every scheduler value.

@@ -18,9 +18,13 @@ from freezepolicy.lang.grammar import build_parser
 from freezepolicy.lang.matcher import compile_name_pattern
 from freezepolicy.lang.nodes import (
     FOLLOW_KEYWORDS,
+    Condition,
     Duration,
+    Include,
+    LayerDecay,
     NamePattern,
     Selection,
+    ShapePattern,
     Statement,
     TypePattern,
     Value,
@@ -130,9 +134,13 @@ PART = st.one_of(
         LETTERS | st.just(""),
     ),
     st.sampled_from(["*", "**"]),
+    # Whole parts counted from the end (resolved against names when bound).
+    st.sampled_from(["-1", "-2..-1", "0..-3", "-4..2", "-10..-1"]),
 )
+#: Words that are keywords where a selector list ends in a layer decay (`down`, `to`).
+NOT_SELECTORS = (*FOLLOW_KEYWORDS, "down", "to")
 NAME_PATTERN_TEXT = (
-    st.lists(PART, min_size=1, max_size=4).map(".".join).filter(lambda t: t not in FOLLOW_KEYWORDS)
+    st.lists(PART, min_size=1, max_size=4).map(".".join).filter(lambda t: t not in NOT_SELECTORS)
 )
 NAME_PATTERN = st.builds(NamePattern, NAME_PATTERN_TEXT, st.booleans())
 TYPE_PATTERN = st.builds(
@@ -144,7 +152,10 @@ TYPE_PATTERN = st.builds(
         st.from_regex(r"[A-Z][A-Za-z0-9_]{0,10}\*?", fullmatch=True),
     ),
 )
-SELECTOR = st.one_of(NAME_PATTERN, NAME_PATTERN, TYPE_PATTERN)
+SHAPE_PATTERN = st.builds(
+    ShapePattern, st.sampled_from(["<", "<=", ">", ">=", "=", "!="]), st.integers(0, 999)
+)
+SELECTOR = st.one_of(NAME_PATTERN, NAME_PATTERN, TYPE_PATTERN, SHAPE_PATTERN)
 SELECTION = st.builds(
     lambda inc, exc: Selection(tuple(inc), tuple(exc)),
     st.lists(SELECTOR, min_size=1, max_size=3),
@@ -166,17 +177,53 @@ def values(draw: st.DrawFn) -> Value:
 
 
 WHEN = st.none() | st.builds(When, st.sampled_from(["epoch", "step"]), st.integers(0, 10**9))
+CONDITION = st.builds(
+    Condition,
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_./@-]{0,10}", fullmatch=True),
+    st.sampled_from(["decreasing", "increasing"]),
+    st.integers(1, 10**6),
+)
+FACTOR_TEXT = st.one_of(
+    st.sampled_from(["1", "0.75", ".5", "1.0", "0.999", "1e-1", "7.5E-1"]),
+    st.floats(min_value=1e-6, max_value=1, allow_nan=False).map(repr),
+)
+
+
+@st.composite
+def layer_decays(draw: st.DrawFn) -> Statement:
+    text = draw(FACTOR_TEXT)
+    stack = draw(st.lists(NAME_PATTERN, min_size=1, max_size=2))
+    layers = LayerDecay(
+        Value(float(text), False, text),
+        tuple(draw(st.lists(SELECTOR, max_size=2))),
+        tuple(stack),
+        tuple(draw(st.lists(SELECTOR, max_size=2))),
+    )
+    include = layers.top + layers.stack + layers.bottom
+    selection = Selection(include, tuple(draw(st.lists(SELECTOR, max_size=2))))
+    condition = draw(st.none() | CONDITION)
+    when = None if condition is not None else draw(WHEN)
+    warmup = draw(
+        st.none() | st.builds(Duration, st.integers(1, 99), st.sampled_from(["epoch", "step"]))
+    )
+    return Statement("lr", selection, when=when, warmup=warmup, layers=layers, condition=condition)
 
 
 @st.composite
 def statements(draw: st.DrawFn) -> Statement:
-    action = draw(st.sampled_from(["freeze", "unfreeze", "lr", "decay", "stats"]))
+    action = draw(st.sampled_from(["freeze", "unfreeze", "lr", "decay", "stats", "layers"]))
+    if action == "layers":
+        return draw(layer_decays())
     selection = draw(SELECTION)
     when = draw(WHEN)
+    # A metric-driven statement: its `then` groups come at plateaus, with no `at` or `every`.
+    condition = draw(st.none() | CONDITION) if when is None else None
     # Gradual statements: `then` groups always come with `every`, on the clock of `at`.
     every = None
     then = draw(st.lists(st.lists(SELECTOR, min_size=1, max_size=2).map(tuple), max_size=2))
-    if then:
+    if then and condition is not None:
+        selection = Selection(selection.include, selection.exclude, tuple(then))
+    elif then:
         clock = when.clock if when is not None else draw(st.sampled_from(["epoch", "step"]))
         every = Duration(draw(st.integers(1, 50)), clock)
         selection = Selection(selection.include, selection.exclude, tuple(then))
@@ -186,15 +233,31 @@ def statements(draw: st.DrawFn) -> Statement:
         warmup = Duration(draw(st.integers(1, 1000)), draw(st.sampled_from(["epoch", "step"])))
     if action in ("lr", "decay"):
         return Statement(
-            action, selection, value=draw(values()), when=when, every=every, warmup=warmup
+            action,
+            selection,
+            value=draw(values()),
+            when=when,
+            every=every,
+            warmup=warmup,
+            condition=condition,
         )
     if action == "stats":
         mode = draw(st.sampled_from(["update", "freeze"]))
-        return Statement(action, selection, when=when, mode=mode, every=every)
-    return Statement(action, selection, when=when, every=every, warmup=warmup)
+        return Statement(action, selection, when=when, mode=mode, every=every, condition=condition)
+    return Statement(action, selection, when=when, every=every, warmup=warmup, condition=condition)
 
 
 STATEMENTS = st.lists(statements(), max_size=6)
+INCLUDES = st.lists(
+    st.builds(
+        Include,
+        st.one_of(
+            st.sampled_from(["builtin:bert_last2", "base.freeze", "../x/y z.freeze"]),
+            st.from_regex(r"[A-Za-z0-9_./:-]{1,12}", fullmatch=True),
+        ),
+    ),
+    max_size=2,
+)
 
 
 def _all_selectors(sts):
@@ -203,16 +266,18 @@ def _all_selectors(sts):
 
 
 @FAST
-@given(STATEMENTS)
-def test_ast_format_parse_is_identity(sts: list[Statement]) -> None:
+@given(STATEMENTS, INCLUDES)
+def test_ast_format_parse_is_identity(sts: list[Statement], incs: list[Include]) -> None:
     for s in _all_selectors(sts):  # the strategy only draws valid selectors
         if isinstance(s, NamePattern):
-            compile_name_pattern(s.text, s.anchored)
-        else:
+            compile_name_pattern(s.text, s.anchored).select(["a.0.b"])
+        elif isinstance(s, TypePattern):
             compile_type_pattern(s.text)
-    text = Policy(tuple(sts)).format()
-    parsed = freezepolicy.parse(text)
+    text = Policy(tuple(sts), includes=tuple(incs)).format()
+    # The include lines are kept, not read (the files need not exist).
+    parsed = freezepolicy.parse(text, includes=False)
     assert parsed.statements == tuple(sts)
+    assert parsed.includes == tuple(incs)
     assert parsed.format() == text  # idempotent
     assert [s.line for s in parsed.statements] == list(range(1, len(sts) + 1))
 
@@ -231,6 +296,20 @@ SEPARATOR = st.sampled_from(["\n", ";", " ; ", ";\n", "\r\n", "\n\n\n", "\r", "\
 def _tokens(st_: Statement) -> list[str]:
     """The words of a statement as written (commas are separate tokens)."""
     out = [st_.action]
+    if st_.layers is not None:
+        layers = st_.layers
+        out += ["decay", layers.factor.text, "per", "layer"]
+        for word, group in (("from", layers.top), ("down", layers.stack), ("to", layers.bottom)):
+            if group:
+                out.append(word)
+                for i, s in enumerate(group):
+                    out += [",", str(s)] if i else [str(s)]
+        if st_.selection.exclude:
+            out.append("except")
+            for i, s in enumerate(st_.selection.exclude):
+                out += [",", str(s)] if i else [str(s)]
+        out += _timing_tokens(st_)
+        return out
     if st_.mode is not None:
         out += [st_.mode, "for"]
     elif st_.value is not None:
@@ -249,8 +328,17 @@ def _tokens(st_: Statement) -> list[str]:
     if st_.selection.exclude:
         out.append("except")
         sels(st_.selection.exclude)
+    return out + _timing_tokens(st_)
+
+
+def _timing_tokens(st_: Statement) -> list[str]:
+    out: list[str] = []
     if st_.when is not None:
         out += ["at", st_.when.clock, str(st_.when.at)]
+    if st_.condition is not None:
+        c = st_.condition
+        unit = "evaluation" if c.patience == 1 else "evaluations"
+        out += ["when", c.metric, "stops", c.trend, "for", str(c.patience), unit]
     for word, duration in (("every", st_.every), ("warmup", st_.warmup)):
         if duration is not None:
             # Either spelling of the unit, and `every epoch` for a count of 1.
@@ -332,12 +420,25 @@ VALID_TERMINALS: dict[str, st.SearchStrategy[str]] = {
     "_AT": _padded(st.just("at")),
     "COMMA": st.sampled_from([",", " , ", ",\t"]),
     "NUMBER": _padded(_WHOLE),
-    "PATTERN": _padded(NAME_PATTERN.map(str)),
+    "PATTERN": _padded(st.one_of(NAME_PATTERN.map(str), SHAPE_PATTERN.map(str))),
     "TYPE_PATTERN": _padded(TYPE_PATTERN.map(str)),
     "_SEP": st.sampled_from(["\n", ";", " ; ", "\r\n", "  # note\n", "\n\n", ";\n# c\n"]),
     "WS": SPACE,
     # A comment inside a statement would swallow the rest of it; comments come with _SEP.
     "COMMENT": SPACE,
+    "INCLUDE": _padded(st.just("include")),
+    # Built-in policies exist wherever the package is: a generated include always resolves.
+    "STRING": _padded(st.sampled_from(['"builtin:bert_last2"', '"builtin:no_decay_bias_norm"'])),
+    "_PER": _padded(st.just("per")),
+    "_LAYER": _padded(st.just("layer")),
+    "FROM": _padded(st.just("from")),
+    "DOWN": _padded(st.just("down")),
+    "TO": _padded(st.just("to")),
+    "_WHEN": _padded(st.just("when")),
+    "_STOPS": _padded(st.just("stops")),
+    "TREND": _padded(st.sampled_from(["decreasing", "increasing"])),
+    "EVALUATIONS": _padded(st.sampled_from(["evaluations", "evaluation"])),
+    "METRIC": _padded(CONDITION.map(lambda c: c.metric)),
 }
 
 
@@ -349,15 +450,17 @@ def test_valid_terminals_cover_the_grammar() -> None:
 @FAST
 @given(from_lark(PARSER, explicit=VALID_TERMINALS))
 def test_text_generated_from_the_grammar_parses(text: str) -> None:
-    # Three rules tie clauses together beyond what a context-free grammar says: `then` and
-    # `every` come together, `warmup` only on `unfreeze`/`lr`, and `every` and `at` count on
-    # one clock. Generated text may break them; it must then fail with exactly those codes.
+    # Rules tie clauses together beyond what a context-free grammar says: `then` and `every`
+    # come together, `warmup` only on `unfreeze`/`lr`, `every` and `at` count on one clock,
+    # `when` takes neither `at` nor `every`; a layer decay's factor is at most 1 and its stack
+    # a name selector. Generated text may break them; it must then fail with those codes.
     try:
         policy = freezepolicy.parse(text)
     except freezepolicy.PolicySyntaxError as exc:
         codes = {d.code for d in exc.diagnostics}
-        assert codes <= {"FP130", "FP131", "FP132", "FP133"}, str(exc)
-        assert any(word in text for word in ("then", "every", "warmup")), str(exc)
+        assert codes <= {"FP130", "FP131", "FP132", "FP133", "FP142", "FP144"}, str(exc)
+        words = ("then", "every", "warmup", "per", "when")
+        assert any(word in text for word in words), str(exc)
         return
     canonical = policy.format()
     again = freezepolicy.parse(canonical)
@@ -375,9 +478,15 @@ NOISY_TERMINALS: dict[str, st.SearchStrategy[str]] = {
         NAME_PATTERN.map(str),
         st.from_regex(r"\^?(?:[^\s,;#\[{]|\[[^\]\s;#]*\]?|\{[^}\s;#]*\}?){1,6}", fullmatch=True),
         st.sampled_from(["except", "at", "for", "3..1", "a[", "b{x", "]", "**x", "..", "a..b"]),
+        st.from_regex(r"ndim[<>=!][^\s,;#]{0,5}", fullmatch=True),
     ),
     "TYPE_PATTERN": st.one_of(
         TYPE_PATTERN.map(str), st.from_regex(r"type:[^\s,;#]{0,6}", fullmatch=True)
+    ),
+    "METRIC": st.from_regex(r"[^\s,;#]{1,8}", fullmatch=True),
+    "STRING": st.one_of(
+        st.from_regex(r'"[^"\n]{0,10}"', fullmatch=True),
+        st.sampled_from(['"builtin:bert_last2"', '""', '"builtin:"', '"."', '"/dev/null"']),
     ),
     "_SEP": st.sampled_from(["\n", ";", "\r", "\r\n", "#x\n", "\x0c\n", "\n\ufeff"]),
     "WS": st.sampled_from([" ", "\t", "", "\x0c", "\u00a0", "\u3000"]),

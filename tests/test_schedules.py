@@ -102,13 +102,43 @@ def test_warmup_scales_an_absolute_rate_and_per_epoch_without_steps() -> None:
 
 
 def test_warmup_in_steps_after_an_epoch_needs_steps_per_epoch() -> None:
-    policy = freezepolicy.parse("unfreeze fc1 at epoch 1 warmup 10 steps", source="w.freeze")
+    text = "freeze fc1\nunfreeze fc1 at epoch 1 warmup 10 steps"
+    policy = freezepolicy.parse(text, source="w.freeze")
     with pytest.raises(freezepolicy.PolicyResolveError) as info:
         policy.resolve(NAMES, epoch=1, step=3)
     assert info.value.code == "FP207"
-    assert str(info.value).startswith("w.freeze:1:25: ")  # at `warmup`
+    assert str(info.value).startswith("w.freeze:2:25: ")  # at `warmup`
     d = policy.resolve(NAMES, epoch=1, step=13, steps_per_epoch=10)["fc1.weight"]
     assert d.lr == freezepolicy.Rate(0.4, relative=True)
+
+
+def test_an_unfreeze_warmup_ramps_only_what_it_turns_from_frozen_to_trainable() -> None:
+    # fc2 and out trained all along (out untouched, fc2 unfrozen at the start): only fc1, which
+    # the statement unfreezes, ramps; the others keep their rate at epoch 2 (issue 13 item 6).
+    policy = freezepolicy.parse(
+        "freeze * except out\nunfreeze fc2\nunfreeze * at epoch 2 warmup 2 epochs"
+    )
+    at = {e: policy.resolve(NAMES, epoch=e) for e in (1, 2, 3)}
+    assert at[2]["fc1.weight"].lr == freezepolicy.Rate(0.5, relative=True)
+    assert at[2]["fc1.weight"].warmup == 0.5
+    assert at[2]["fc2.weight"].lr is None and at[2]["out.weight"].lr is None
+    assert all(d.lr is None for d in at[3].values())
+    # Applied to an optimizer: the trained-all-along groups keep the base rate through epoch 2.
+    model = nn.ModuleDict({n: nn.Linear(2, 2) for n in ("fc1", "fc2", "out")})
+    groups = freezepolicy.param_groups(model, policy, lr=0.1)
+    optimizer = torch.optim.SGD(groups, lr=0.1)
+    rates = {}
+    for epoch in (1, 2, 3):
+        freezepolicy.apply_policy(model, policy, optimizer, epoch=epoch)
+        rates[epoch] = {
+            n: g["lr"]
+            for g in optimizer.param_groups
+            for n, p in model.named_parameters()
+            if any(p is q for q in g["params"])
+        }
+    assert rates[2]["fc1.weight"] == pytest.approx(0.05) and rates[3]["fc1.weight"] == 0.1
+    assert {rates[e]["out.weight"] for e in (1, 2, 3)} == {0.1}
+    assert {rates[e]["fc2.weight"] for e in (1, 2, 3)} == {0.1}
 
 
 def test_lr_zero_is_not_warmed_up() -> None:

@@ -134,7 +134,9 @@ def run_fmt(args: argparse.Namespace) -> int:
             # Read once: the bytes parsed are the bytes compared (and never a second read of
             # a file that changed, or of a FIFO).
             data = read_policy_file(path)
-            policy = parse(data, path)
+            # Its own text only: an include stays an include line, and the file it names is
+            # neither read nor formatted.
+            policy = parse(data, path, includes=False)
         except PolicyError as exc:
             print(str(exc), file=sys.stderr)
             status = EXIT_USAGE if exc.code in FILE_ERROR_CODES else max(status, 1)
@@ -179,7 +181,7 @@ def _model_names(spec: str, *, use_cache: bool) -> ModelNames:
     from ..lang.checks import ModelNames
 
     layout = _layout(spec, use_cache=use_cache)
-    return ModelNames(spec, layout.names, layout.module_types, layout.tied)
+    return ModelNames(spec, layout.names, layout.module_types, layout.tied, layout.shapes)
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -212,7 +214,8 @@ def run_show(args: argparse.Namespace) -> int:
         return EXIT_USAGE if exc.code in FILE_ERROR_CODES else EXIT_PROBLEMS
     layout = _layout(args.model, use_cache=not args.no_cache)
     problems = check_policy(policy) + check_model(
-        policy, ModelNames(args.model, layout.names, layout.module_types, layout.tied)
+        policy,
+        ModelNames(args.model, layout.names, layout.module_types, layout.tied, layout.shapes),
     )
     if spe is not None:  # given: the note that asks for it has nothing to say
         problems = [d for d in problems if d.code != "FP207"]

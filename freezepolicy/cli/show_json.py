@@ -46,6 +46,20 @@ def _counts_json(summary: Summary) -> dict[str, Any]:
     }
 
 
+def _changes_json(view: PolicyView, before: Moment, after: Moment) -> list[dict[str, Any]]:
+    return [
+        {
+            "paths": ch.paths,
+            "parameters": [n for k in ch.keys for n in view.groups[k]],
+            "tensors": len(ch.keys),
+            "elements": sum(view.numel[k] for k in ch.keys),
+            "from": _settings_json(ch.before),
+            "to": _settings_json(ch.after),
+        }
+        for ch in changes(view, before, after)
+    ]
+
+
 def to_json(
     view: PolicyView,
     moment: Moment,
@@ -110,6 +124,11 @@ def to_json(
                 "when": (
                     None if rule.start is None else {"clock": rule.start.clock, "at": rule.start.at}
                 ),
+                "condition": (
+                    None
+                    if st.condition is None
+                    else {"metric": st.condition.metric, "time": rule.group + 1}
+                ),
                 "tensors": len(keys),
                 "elements": sum(view.numel[k] for k in keys),
             }
@@ -124,17 +143,28 @@ def to_json(
                 "step": ev.moment[1],
                 "previous": {"epoch": ev.before[0], "step": ev.before[1]},
                 "statements": [_statement_json(st) for st in view.statements_at(ev.times)],
-                "changes": [
-                    {
-                        "paths": ch.paths,
-                        "parameters": [n for k in ch.keys for n in view.groups[k]],
-                        "tensors": len(ch.keys),
-                        "elements": sum(view.numel[k] for k in ch.keys),
-                        "from": _settings_json(ch.before),
-                        "to": _settings_json(ch.after),
-                    }
-                    for ch in changes(view, before, after)
-                ],
+                "changes": _changes_json(view, before, after),
+                "counts": _counts_json(after.summary(view.root)),
+            }
+        )
+    conditional = []
+    for cev in view.conditional_events():
+        before = view.moment(*cev.moment, cev.before)
+        after = view.moment(*cev.moment, cev.after)
+        condition = cev.statement.condition
+        assert condition is not None
+        conditional.append(
+            {
+                "condition": {
+                    "metric": condition.metric,
+                    "trend": condition.trend,
+                    "evaluations": condition.patience,
+                    "time": cev.group + 1,
+                },
+                "group": cev.group,
+                "shown_at": {"epoch": cev.moment[0], "step": cev.moment[1]},
+                "statement": _statement_json(cev.statement),
+                "changes": _changes_json(view, before, after),
                 "counts": _counts_json(after.summary(view.root)),
             }
         )
@@ -157,5 +187,6 @@ def to_json(
         "parameters": parameters,
         "statements": statements,
         "events": events,
+        "conditional_events": conditional,
         "problems": [d.to_dict() for d in problems],
     }

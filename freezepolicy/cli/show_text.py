@@ -238,6 +238,17 @@ def format_text(
             out.append("schedule")
         for ev in events:
             out.extend(_event_text(view, ev))
+    conditional = view.conditional_events()
+    if conditional:
+        out.append("")
+        out.append("conditional events (when a metric stops improving; shown after the schedule)")
+        for cev in conditional:
+            st = cev.statement
+            head = f"{st.action} {cev.selectors}" if st.layers is None else str(st.layers)
+            out.append(f"  {cev.label}: {head} (line {st.line})")
+            before = view.moment(*cev.moment, cev.before)
+            after = view.moment(*cev.moment, cev.after)
+            out.extend(_change_lines(view, before, after))
     for d in problems:
         out.append("")
         out.append(d.format())
@@ -249,6 +260,12 @@ def _event_text(view: PolicyView, ev: Event) -> list[str]:
     after = view.moment(*ev.moment)
     statements = view.statements_at(ev.times)
     lines = [f"  {ev.label}: " + "; ".join(f"{st} (line {st.line})" for st in statements)]
+    return lines + _change_lines(view, before, after)
+
+
+def _change_lines(view: PolicyView, before: Moment, after: Moment) -> list[str]:
+    """The changes from one moment to the next, and what then trains."""
+    lines: list[str] = []
     # Changes that read the same (`frozen -> trainable`) are one row, even when a setting the
     # row does not mention differs between them (fc1 at 0.1x, fc2 at the base rate).
     same: dict[str, list[str]] = {}

@@ -12,8 +12,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from ..lang.conditions import NOTHING_FIRED, Fired
 from ..lang.policy import Policy
-from ..lang.rules import Decision, Rate
+from ..lang.rules import Decision, Rate, ordinal
 from ..lang.tied import merge_tied
 from .layout import ModelLayout
 
@@ -90,11 +91,16 @@ def _one(values: set[Any]) -> Any:
 class Moment:
     """The policy resolved over a layout at one moment, with per-node summaries."""
 
-    def __init__(self, view: PolicyView, epoch: int, step: int) -> None:
+    def __init__(
+        self, view: PolicyView, epoch: int, step: int, fired: Fired = NOTHING_FIRED
+    ) -> None:
         self.view = view
         self.epoch = epoch
         self.step = step
-        decisions = view.bound.resolve(epoch=epoch, step=step, steps_per_epoch=view.steps_per_epoch)
+        self.fired = fired
+        decisions = view.bound.resolve(
+            epoch=epoch, step=step, steps_per_epoch=view.steps_per_epoch, fired=fired
+        )
         self.decisions = decisions
         # One decision per tensor: a tied tensor's names merged (a conflict is reported as a
         # problem; the first name's decision stands in for it here).
@@ -170,7 +176,7 @@ class PolicyView:
         self.layout = layout
         self.steps_per_epoch = steps_per_epoch
         self.model_label = model_label
-        self.bound = policy.bind(layout.names, layout.module_types)
+        self.bound = policy.bind(layout.names, layout.module_types, layout.shapes)
         self.key_of = {n: n for n in layout.names}
         for group in layout.tied:
             for n in group:
@@ -181,8 +187,25 @@ class PolicyView:
         self.numel = {k: math.prod(layout.shapes[k]) for k in self.groups}
         self.root = self._tree()
 
-    def moment(self, epoch: int = 0, step: int = 0) -> Moment:
-        return Moment(self, epoch, step)
+    def moment(self, epoch: int = 0, step: int = 0, fired: Fired = NOTHING_FIRED) -> Moment:
+        return Moment(self, epoch, step, fired)
+
+    def conditional_events(self) -> list[ConditionalEvent]:
+        """Each group of each `when` statement as an event: what it changes if it takes effect
+        after the timed schedule (its earlier groups already in effect, other `when`
+        statements' not)."""
+        timed = self.events()
+        last = timed[-1].moment if timed else (0, 0)
+        out = []
+        for index, st in enumerate(self.policy.statements):
+            if st.condition is None:
+                continue
+            for group in range(len(st.selection.groups)):
+                before: Fired = ((index, (last,) * group),) if group else NOTHING_FIRED
+                after: Fired = ((index, (last,) * (group + 1)),)
+                label = f"{st.condition} ({ordinal(group + 1)} time)"
+                out.append(ConditionalEvent(st, group, label, last, before, after))
+        return out
 
     def _tree(self) -> Node:
         classes = self.layout.module_classes
@@ -286,6 +309,23 @@ class Event:
     moment: tuple[int, int]  # (epoch, step)
     before: tuple[int, int]
     label: str
+
+
+@dataclass(frozen=True)
+class ConditionalEvent:
+    """One group of a `when` statement taking effect, shown at `moment` (the last timed
+    event), with what had fired before and after it."""
+
+    statement: Statement
+    group: int
+    label: str
+    moment: tuple[int, int]
+    before: Fired
+    after: Fired
+
+    @property
+    def selectors(self) -> str:
+        return ", ".join(str(s) for s in self.statement.selection.groups[self.group])
 
 
 @dataclass(frozen=True)

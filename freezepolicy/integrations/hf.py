@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..lang.conditions import MetricWatch
 from ..lang.errors import Diagnostic
 from ..lang.policy import Policy
 from ..runtime.apply import apply_policy
@@ -47,11 +48,14 @@ from ..runtime.binding import as_policy, binding_for
 from ..runtime.coverage import ever_trainable, require_covered
 from ..runtime.report import ApplyReport
 from ..runtime.schedulers import can_split_scheduler
-from ..runtime.warn import warn
+from ..runtime.warn import warn, warn_never_observed
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FreezePolicyCallback", "attach", "steps_per_epoch"]
+
+#: Where the callback keeps the state of metric-driven statements in the Trainer's state.
+STATE_KEY = "freezepolicy"
 
 
 def steps_per_epoch(train_dataloader: Any, args: TrainingArguments) -> int | None:
@@ -84,6 +88,15 @@ class FreezePolicyCallback(TrainerCallback):
     (each is also logged at INFO on the logger `freezepolicy.integrations.hf`). Problems that are
     not errors (a selector that selects nothing, ...) are `PolicyWarning`s, as with
     `apply_policy`, each once per policy and model.
+
+    Metric-driven statements (`unfreeze layer3 when eval_loss stops decreasing for 2
+    evaluations`) are fed from `on_evaluate`: every evaluation is one observation. The Trainer
+    reports evaluation metrics with its `eval_` prefix (`eval_loss`, `eval_accuracy`); each is
+    observed under that name and under the `val_` spelling Lightning users log (`val_loss`), so
+    a policy written for either works. A group takes effect at the next step or epoch. Where the
+    groups stand rides in every checkpoint (the Trainer's `trainer_state.json`, under
+    `stateful_callbacks["freezepolicy"]`), so a resumed run goes on as the uninterrupted one;
+    at the end of training a metric never observed is a PolicyWarning (FP231).
     """
 
     def __init__(self, policy: Policy | str | os.PathLike[str], strict: bool = False) -> None:
@@ -99,6 +112,8 @@ class FreezePolicyCallback(TrainerCallback):
         # Set by `attach`: steps per epoch of the dataloader the Trainer made for this run.
         self._loader_steps: int | None = None
         self._attached = False
+        #: The metric-driven statements: observations, and when their groups took effect.
+        self.watch = MetricWatch(self.policy.statements)
 
     # --- Trainer events ----------------------------------------------------------------------
 
@@ -116,11 +131,18 @@ class FreezePolicyCallback(TrainerCallback):
         per_epoch = self.steps_per_epoch or state.max_steps
         self.epoch = state.global_step // per_epoch if per_epoch else 0
         self.history = []
+        self.watch = MetricWatch(self.policy.statements)
+        saved = _callback_states(state).get(STATE_KEY)
+        if self.watch.state and state.global_step > 0 and saved is not None:
+            # Resuming: the observations and transitions of the interrupted run.
+            self.watch.load_state_dict(saved, "FreezePolicyCallback (resumed checkpoint)")
         if optimizer is not None:
             self._check_optimizer(model, optimizer)
         groups_before = None if optimizer is None else len(optimizer.param_groups)
         try:
-            self._apply(args, state, **kwargs)
+            # A group pending in a resumed checkpoint takes effect where it did in the run that
+            # saved it: at the next step or epoch start, not here.
+            self._apply(args, state, take_pending=False, **kwargs)
         except ValueError as error:
             scheduler = kwargs.get("lr_scheduler")
             if self._attached or scheduler is None or can_split_scheduler(scheduler):
@@ -156,7 +178,12 @@ class FreezePolicyCallback(TrainerCallback):
         control: TrainerControl,
         **kwargs: Any,
     ) -> None:
-        self._apply(args, state, **kwargs)
+        # A resumed run starts again in the middle of the epoch it was saved in, with an
+        # on_epoch_begin the uninterrupted run did not have: a group pending since an
+        # evaluation there takes effect at the next step, as it did then.
+        per_epoch = self.steps_per_epoch
+        inside = per_epoch is not None and state.global_step % per_epoch != 0
+        self._apply(args, state, take_pending=not inside, **kwargs)
 
     def on_epoch_end(
         self,
@@ -178,10 +205,47 @@ class FreezePolicyCallback(TrainerCallback):
     ) -> None:
         self._apply(args, state, **kwargs)
 
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not self.watch.state or not metrics:
+            return
+        observed = dict(metrics)
+        for name, value in metrics.items():
+            if name.startswith("eval_") and "val_" + name[5:] not in observed:
+                observed["val_" + name[5:]] = value
+        self.watch.observe(observed, "FreezePolicyCallback.on_evaluate")
+        # Saved with the next checkpoint (the Trainer saves right after evaluating).
+        _callback_states(state)[STATE_KEY] = self.watch.state_dict()
+
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        warn_never_observed(self.policy, self.watch)
+
     # --- helpers -------------------------------------------------------------------------------
 
-    def _apply(self, args: TrainingArguments, state: TrainerState, **kwargs: Any) -> ApplyReport:
+    def _apply(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        take_pending: bool = True,
+        **kwargs: Any,
+    ) -> ApplyReport:
         model, optimizer = _model(kwargs), kwargs.get("optimizer")
+        if take_pending:
+            fired = self.watch.upcoming(self.epoch, state.global_step)
+        else:
+            fired = self.watch.fired
         report = apply_policy(
             model,
             self.policy,
@@ -191,7 +255,11 @@ class FreezePolicyCallback(TrainerCallback):
             steps_per_epoch=self.steps_per_epoch,
             strict=self.strict,
             scheduler=_scheduler_for(kwargs.get("lr_scheduler"), optimizer),
+            fired=dict(fired),
         )
+        if take_pending and self.watch.pending:
+            self.watch.commit(fired)
+            _callback_states(state)[STATE_KEY] = self.watch.state_dict()
         # A new phase is a change of which tensors train; rate changes (a warm-up moves at every
         # step) are not, and would flood the log. Warnings are apply_policy's PolicyWarnings.
         if not self.history or report.trainable != self.history[-1].trainable:
@@ -223,6 +291,16 @@ class FreezePolicyCallback(TrainerCallback):
 
     def __repr__(self) -> str:
         return f"FreezePolicyCallback(policy={self.policy.source!r}, strict={self.strict})"
+
+
+def _callback_states(state: TrainerState) -> dict[str, Any]:
+    """The Trainer state's `stateful_callbacks` (a dict once the state exists, whatever its
+    annotation says), which every checkpoint's trainer_state.json holds."""
+    saved: Any = state.stateful_callbacks
+    if not isinstance(saved, dict):
+        saved = {}
+        state.stateful_callbacks = saved
+    return saved
 
 
 def _model(kwargs: dict[str, Any]) -> nn.Module:

@@ -140,16 +140,34 @@ class FreezePolicyCallback(Callback):
             self.observe_metrics(trainer)
 
     def observe_metrics(self, trainer: pl.Trainer) -> None:
-        """Where metric-driven transitions will be fed, after each validation run.
+        """Feed the metrics of a validation run to the policy's metric-driven statements
+        (`unfreeze layer3 when val_loss stops decreasing for 2 evaluations`): one observation
+        of every number in `trainer.callback_metrics` (what `self.log` logged: `val_loss`,
+        `val/acc`, ...). A group whose plateau this completes takes effect at the next epoch
+        start or optimizer step.
 
-        The policy language has no metric conditions yet (`... when val_loss stops
-        decreasing` is being designed), so there is nothing to feed and this does nothing. Once
-        `FreezeScheduler.observe(metrics)` exists, this becomes: take the numbers of
-        `trainer.callback_metrics` (tensors, logged with `sync_dist=True` to be the same on
-        every rank, or taken from rank 0 with `trainer.strategy.broadcast` so every rank makes
-        the same transition), pass them to `self.freeze_scheduler.observe`, and re-apply at the
-        current moment. The observed history rides in the checkpoint with `state_dict`.
+        Every rank must make the same transitions at the same moment, or their models would
+        train different tensors. The values are therefore taken from rank 0 and broadcast
+        (`trainer.strategy.broadcast`, a no-op in one process): a metric logged without
+        `sync_dist=True` still decides the same everywhere, from rank 0's numbers (log it with
+        `sync_dist=True` to decide from the mean over all ranks). The observations and the
+        moments of the transitions ride in every checkpoint with `state_dict`.
         """
+        helper = self.freeze_scheduler
+        if helper is None or not helper.watch.state:
+            return
+        values = {}
+        for name, value in trainer.callback_metrics.items():
+            try:
+                values[name] = float(value)  # one-element tensors and numbers alike
+            except (TypeError, ValueError, RuntimeError):
+                continue  # a tensor of several elements is not one observation
+        helper.observe(trainer.strategy.broadcast(values, src=0))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A watched metric that was never logged is a warning, not silence (FP231).
+        if self.freeze_scheduler is not None:
+            self.freeze_scheduler.finish()
 
     # --- checkpoint --------------------------------------------------------------------------
 

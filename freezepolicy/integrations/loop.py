@@ -11,9 +11,20 @@ for epoch in range(epochs):
         fs.step()                       # line 2: after every optimizer step
 ```
 
-It holds only a position on the timeline (epoch, step); every call is `apply_policy` at that
-position, so the model's state is the stateless one of `apply_policy(..., epoch=, step=)`. Calls
-where nothing changes take the apply fast path (a few microseconds).
+It holds a position on the timeline (epoch, step) and, for a policy with metric-driven
+statements (`unfreeze layer3 when val_loss stops decreasing for 2 evaluations`), what it was
+shown of the metrics (`observe`) and the moments the groups of such statements took effect
+(`fired`); every call is `apply_policy` at that position with those moments, so the model's state
+is the stateless one of `apply_policy(..., epoch=, step=, fired=)`. Calls where nothing changes
+take the apply fast path (a few microseconds).
+
+```python
+for epoch in range(epochs):
+    fs.start_epoch(epoch)
+    ...                                  # train, fs.step() after each optimizer step
+    fs.observe({"val_loss": evaluate(model)})   # takes effect at the next call
+fs.finish()                              # warns about metrics never observed
+```
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
+from ..lang.conditions import Fired, MetricWatch
 from ..lang.errors import Diagnostic
 from ..lang.policy import Policy
 from ..runtime.apply import apply_policy
@@ -40,7 +52,7 @@ from ..runtime.arguments import (
 )
 from ..runtime.binding import as_policy
 from ..runtime.report import ApplyReport
-from ..runtime.warn import warn
+from ..runtime.warn import warn, warn_never_observed
 from ..runtime.wrappers import unwrap_optimizer, unwrap_schedulers
 
 
@@ -89,6 +101,8 @@ class FreezeScheduler:
         # have come at a moment, which is all that decides whether a step changes anything.
         self._timeline = self.policy.bind(())
         self._state: tuple | None = None
+        #: The metric-driven statements: observations, and when their groups took effect.
+        self.watch = MetricWatch(self.policy.statements)
         #: One report per phase, oldest first: the first apply, then each apply that changed
         #: which parameters train (rate changes, such as a warm-up's, are not new phases).
         self.history: list[ApplyReport] = []
@@ -120,16 +134,43 @@ class FreezeScheduler:
         epoch = self.epoch
         if self.steps_per_epoch is not None:
             epoch = max(epoch, step // self.steps_per_epoch)
-        if self._state_at(epoch, step) == self._state:
+        if not self.watch.pending and self._state_at(epoch, step, self.watch.fired) == self._state:
             self.epoch, self.global_step = epoch, step
             return self.report
         return self._apply(epoch, step)
 
-    def _state_at(self, epoch: int, step: int) -> tuple:
-        return self._timeline.state_key(epoch, step, self.steps_per_epoch)
+    @property
+    def fired(self) -> dict[int, list[tuple[int, int]]]:
+        """The moments (epoch, step) the groups of each metric-driven statement took effect, by
+        the statement's index in `policy.statements` (what `apply_policy(fired=)` takes)."""
+        return {i: list(moments) for i, moments in self.watch.fired}
 
-    def _apply(self, epoch: int, step: int, *, restart: bool = False) -> ApplyReport:
-        state = self._state_at(epoch, step)
+    def observe(self, metrics: Mapping[str, Any]) -> None:
+        """Take one observation of the metrics (a mapping of name to number: `{"val_loss":
+        0.31}`; numpy and one-element torch values are fine), typically after each evaluation.
+
+        Each `when METRIC stops decreasing/increasing for N evaluations` statement counts the
+        observations of its metric that are not better than the best since it started (or
+        since its last group took effect); at N in a row its next group takes effect, at the
+        next `start_epoch()` or `step()`. Metrics no statement watches are ignored; a watched
+        one that is not a number is a TypeError (and nothing is counted)."""
+        self.watch.observe(metrics, "FreezeScheduler.observe")
+
+    def finish(self) -> list[Diagnostic]:
+        """Call once training is over: a PolicyWarning (FP231) for each metric-driven statement
+        whose metric no `observe()` held (a misspelled or never-logged metric would otherwise
+        leave its groups frozen in silence). Returns the diagnostics warned about."""
+        return warn_never_observed(self.policy, self.watch)
+
+    def _state_at(self, epoch: int, step: int, fired: Fired) -> tuple:
+        return self._timeline.state_key(epoch, step, self.steps_per_epoch, fired)
+
+    def _apply(
+        self, epoch: int, step: int, *, restart: bool = False, take_pending: bool = True
+    ) -> ApplyReport:
+        # Groups whose plateau was observed since the last call take effect now.
+        fired = self.watch.upcoming(epoch, step) if take_pending else self.watch.fired
+        state = self._state_at(epoch, step, fired)
         report = apply_policy(
             self.model,
             self.policy,
@@ -139,9 +180,12 @@ class FreezeScheduler:
             steps_per_epoch=self.steps_per_epoch,
             strict=self.strict,
             scheduler=self.scheduler,
+            fired=dict(fired),
         )
         # Only now, after the apply succeeded, does the position move.
         self.epoch, self.global_step = epoch, step
+        if take_pending:
+            self.watch.commit(fired)
         if restart:
             self.history = []
         if not self.history or report.trainable != self.history[-1].trainable:
@@ -153,12 +197,15 @@ class FreezeScheduler:
     def state_dict(self) -> dict[str, Any]:
         """The position on the timeline, to save in a checkpoint beside the model and optimizer,
         with a digest of the policy's canonical text to notice a policy edited in between."""
-        return {
+        state: dict[str, Any] = {
             "epoch": self.epoch,
             "step": self.global_step,
             "policy": self.policy.source,
             "policy_sha256": _digest(self.policy),
         }
+        if self.watch.state:  # metric-driven statements: observations and moments fired
+            state["metrics"] = self.watch.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> ApplyReport:
         """Move to a saved position and apply the policy there (after loading the model and
@@ -187,7 +234,12 @@ class FreezeScheduler:
             where,
         )
         saved = state.get("policy_sha256")
-        if saved is not None and saved != _digest(self.policy):
+        changed = saved is not None and saved != _digest(self.policy)
+        watch = MetricWatch(self.policy.statements)
+        if self.watch.state and not changed:
+            # Checked before anything changes; a policy edited since cannot take it.
+            watch.load_state_dict(state.get("metrics") or {"conditions": []}, where)
+        if changed:
             warn(
                 Diagnostic(
                     "FP215",
@@ -197,7 +249,13 @@ class FreezeScheduler:
                     severity="warning",
                 )
             )
-        return self._apply(*moment, restart=True)
+        before, self.watch = self.watch, watch
+        try:
+            # Groups pending in the checkpoint take effect at the next call, as they would have.
+            return self._apply(*moment, restart=True, take_pending=False)
+        except BaseException:
+            self.watch = before
+            raise
 
     def __repr__(self) -> str:
         return (

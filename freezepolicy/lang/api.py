@@ -6,13 +6,20 @@ import os
 import re
 
 from .errors import Diagnostic, PolicySourceError
+from .includes import BUILTIN, Expander, builtin_names, builtin_path
+from .nodes import Include, Statement
 from .parser import parse_text
 from .policy import Policy
 from .source import decode_source, normalize_text, read_policy_file
 
 
-def parse(text: str | bytes, source: str = "<string>") -> Policy:
-    """Parse and compile policy text. Raises `PolicyError` listing every problem in it."""
+def parse(text: str | bytes, source: str = "<string>", *, includes: bool = True) -> Policy:
+    """Parse and compile policy text. Raises `PolicyError` listing every problem in it.
+
+    `include "file"` statements are read relative to the directory of `source` (the current
+    directory for the default `<string>`), `include "builtin:NAME"` from the policies shipped
+    with freezepolicy. `includes=False` leaves them unread: the policy then holds this text's
+    own statements only (what `freezepolicy fmt` formats)."""
     if isinstance(text, (bytearray, memoryview)):
         text = bytes(text)
     if not isinstance(text, (str, bytes)):
@@ -29,8 +36,18 @@ def parse(text: str | bytes, source: str = "<string>") -> Policy:
     if isinstance(text, bytes):
         text = decode_source(text, source)
     text = normalize_text(text)
-    statements, comments = parse_text(text, source)
-    return Policy(statements, source=source, text=text, comments=comments)
+    items, comments = parse_text(text, source)
+    own = tuple(item for item in items if isinstance(item, Include))
+    if includes and own:
+        expander = Expander(source, text)
+        statements = tuple(expander.expand(items, source, ((source, None),)))
+        included = expander.texts
+    else:
+        statements = tuple(item for item in items if isinstance(item, Statement))
+        included = {}
+    return Policy(
+        statements, source=source, text=text, comments=comments, includes=own, included=included
+    )
 
 
 def load(path: str | os.PathLike[str]) -> Policy:
@@ -45,6 +62,14 @@ def load(path: str | os.PathLike[str]) -> Policy:
     name = os.fspath(path)
     if not isinstance(name, str):  # a PathLike whose __fspath__ gives bytes
         name = os.fsdecode(name)
+    if name.startswith(BUILTIN):
+        found = builtin_path(name[len(BUILTIN) :])
+        if found is None:
+            names = ", ".join(builtin_names()) or "none"
+            raise PolicySourceError(
+                Diagnostic("FP001", f"no such built-in policy (there are: {names})", name)
+            )
+        name = found
     try:
         data = read_policy_file(name)
     except PolicySourceError as exc:
@@ -61,7 +86,7 @@ def load(path: str | os.PathLike[str]) -> Policy:
     return parse(decode_source(data, name), name)
 
 
-_STATEMENT_START = re.compile(r"\s*(freeze|unfreeze|lr|decay|stats)\s")
+_STATEMENT_START = re.compile(r"\s*(freeze|unfreeze|lr|decay|stats|include)\s")
 
 
 def looks_like_policy_text(path: str) -> bool:

@@ -39,13 +39,20 @@ def parameter_names(names: Any, where: str) -> tuple[str, ...]:
     return names
 
 
+def _per_name(value: Any, where: str, name: str, what: str) -> Mapping[str, Any] | None:
+    """`value` checked to be None or a mapping of parameter names (its values are checked
+    where used)."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    raise TypeError(
+        f"{where}: {name} must map each parameter name to {what}, got {type(value).__name__}"
+    )
+
+
 def module_type_map(module_types: Any, where: str) -> Mapping[str, Any] | None:
     """`module_types` checked to be None or a mapping (its values are checked where used)."""
-    if module_types is None or isinstance(module_types, Mapping):
-        return module_types
-    raise TypeError(
-        f"{where}: module_types must map each parameter name to the class names of the modules"
-        f" around it, got {type(module_types).__name__}"
+    return _per_name(
+        module_types, where, "module_types", "the class names of the modules around it"
     )
 
 
@@ -56,6 +63,28 @@ def class_names_of(name: str, classes: Any, where: str) -> None:
             f"{where}: module_types[{_shown(name)}] must be a collection of class names, got"
             f" the {type(classes).__name__} {_shown(classes)}; write [{_shown(classes)}]"
         )
+
+
+def shape_map(shapes: Any, where: str) -> Mapping[str, Any] | None:
+    """`shapes` checked to be None or a mapping (its values are checked where used)."""
+    return _per_name(shapes, where, "shapes", "its shape (a tuple of sizes)")
+
+
+def shape_of(name: str, shapes: Mapping[str, Any], where: str) -> tuple[int, ...]:
+    """The shape of `name` in `shapes`, checked: a sequence of whole numbers (`torch.Size`, a
+    tuple or a list); every name bound must have one."""
+    shape = shapes.get(name)
+    if shape is None:
+        raise ValueError(
+            f"{where}: no shape for {_shown(name)}: `ndim` selectors need the shape of every"
+            " parameter"
+        )
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
+        raise TypeError(
+            f"{where}[{_shown(name)}] must be a shape (a tuple of sizes), got"
+            f" {type(shape).__name__} {_shown(shape)}"
+        )
+    return tuple(shape)
 
 
 def whole_number(value: Any, what: str, minimum: int) -> int:

@@ -7,17 +7,16 @@ moment is per signature, not per name.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import arguments
+from .classify import classify, other_key
+from .conditions import NOTHING_FIRED, Fired, fired_moments
 from .errors import PolicyResolveError
-from .glob import compile_type_pattern
-from .matcher import PartMatcher
-from .nodes import NamePattern, Selector
-from .rules import Decision, Rate, Rule, rate_of, time_key
+from .nodes import NamePattern, Selector, ShapePattern
+from .rules import Decision, Rate, Rule, rate_of
 
 if TYPE_CHECKING:  # type-only: policy.py imports this module to bind
     from .policy import Policy
@@ -25,6 +24,8 @@ if TYPE_CHECKING:  # type-only: policy.py imports this module to bind
 
 #: Lint checks every combination of event times up to this many moments.
 MAX_LINT_MOMENTS = 400
+#: A moment of a policy's timeline: epoch, step, and the `when` groups that have taken effect.
+Moment = tuple[int, int, Fired]
 
 
 def _renamed(d: Decision, name: str) -> Decision:
@@ -41,6 +42,17 @@ def _renamed(d: Decision, name: str) -> Decision:
         d.stats_by,
         d.warmup,
     )
+
+
+def _frozen(t_rule: Rule | None, lr_rule: Rule | None) -> bool:
+    """Whether the rules applied so far (the last freeze/unfreeze and the last lr that select a
+    tensor) leave it frozen. A tensor no statement decided counts as training, as models
+    start."""
+    if lr_rule is not None and lr_rule.statement.layers is None:
+        value = lr_rule.statement.value
+        if value is not None and value.number == 0:
+            return True
+    return t_rule is not None and t_rule.statement.action == "freeze"
 
 
 class DecisionView(Mapping[str, Decision]):
@@ -94,10 +106,12 @@ class BoundPolicy:
         policy: Policy,
         names: tuple[str, ...],
         module_types: Mapping[str, Collection[str]] | None,
+        shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.policy = policy
         self.names = names
         self.module_types = module_types
+        self.shapes = shapes
         self._statement_index = {id(r.statement): r.statement_index for r in policy.rules}
         self._selected: dict[int, frozenset[int]] = {}
         self._templates: dict[tuple, list[Decision]] = {}
@@ -128,77 +142,12 @@ class BoundPolicy:
         return self._signatures
 
     def _classify(self) -> None:
-        rules = self.policy.rules
-        name_ids: dict[tuple[str, bool], int] = {}
-        type_ids: dict[str, int] = {}
-
-        def masks(selectors: Iterable[Selector]) -> tuple[int, int]:
-            names_mask = types_mask = 0
-            for s in selectors:
-                if isinstance(s, NamePattern):
-                    names_mask |= 1 << name_ids.setdefault((s.text, s.anchored), len(name_ids))
-                else:
-                    types_mask |= 1 << type_ids.setdefault(s.text, len(type_ids))
-            return names_mask, types_mask
-
-        rule_masks = []
-        for r in rules:
-            selection = r.statement.selection
-            rule_masks.append((masks(selection.groups[r.group]), masks(selection.exclude)))
-        matcher = PartMatcher(list(name_ids))
-        type_globs = [compile_type_pattern(t) for t in type_ids]
-        # Each pass below runs over every name in C or in one tight loop: 100k names.
-        name_bits = matcher.bits_of(self.names)
-        type_bits: Iterable[int] = itertools.repeat(0)
-        if type_globs and self.module_types is not None:
-            get = self.module_types.get
-            found = [get(name, ()) for name in self.names]
-            try:
-                distinct = set(found)  # frozensets (from inspect_model): their hashes are cached
-            except TypeError:  # lists or sets given by hand
-                found = [frozenset(c) for c in found]
-                distinct = set(found)
-            for classes in distinct:
-                if isinstance(classes, (str, bytes)):  # one class name, not a collection of them
-                    name = self.names[found.index(classes)]
-                    arguments.class_names_of(name, classes, "module_types")
-            of_classes = {
-                c: sum(
-                    1 << q for q, glob in enumerate(type_globs) if any(glob.fullmatch(x) for x in c)
-                )
-                for c in distinct
-            }
-            type_bits = map(of_classes.__getitem__, found)
-        # Signatures numbered in order of their first name (setdefault gives a new key the next).
-        key_of: dict[tuple[int, int], int] = {}
-        signatures = [
-            key_of.setdefault(key, len(key_of))
-            for key in zip(name_bits, type_bits, strict=False)  # type_bits may be endless
-        ]
-        keys = list(key_of)
-
-        # Which rules select each signature (a bit per rule index), and which names it holds.
-        self._sig_rules: list[int] = []
-        self._name_bits = self._type_bits = 0
-        for nb, tb in keys:
-            self._name_bits |= nb
-            self._type_bits |= tb
-            selected = 0
-            for r, ((inc_n, inc_t), (exc_n, exc_t)) in zip(rules, rule_masks, strict=True):
-                if (nb & inc_n or tb & inc_t) and not (nb & exc_n or tb & exc_t):
-                    selected |= 1 << r.index
-            self._sig_rules.append(selected)
-        # The first name of each signature. Signatures are numbered in order of their first
-        # names, so each search starts where the last one ended: one scan in C in all.
-        self._first: list[int] = []
-        start = 0
-        for sig in range(len(keys)):
-            start = signatures.index(sig, start)
-            self._first.append(start)
+        found = classify(self.policy, self.names, self.module_types, self.shapes)
+        self._sig_rules = found.sig_rules
+        self._first = found.first
+        self._classified = found
         self._members_cache: list[list[int]] | None = None
-        self._name_bit = {k: 1 << v for k, v in name_ids.items()}
-        self._type_bit = {k: 1 << v for k, v in type_ids.items()}
-        self._signatures = signatures
+        self._signatures = found.signatures
 
     def first_of_signature(self) -> list[int]:
         """For each signature, the index of its first name."""
@@ -223,13 +172,14 @@ class BoundPolicy:
     def matches_anything(self, selector: Selector) -> bool:
         """Whether `selector` (one of this policy's) selects some name on its own."""
         self.signatures  # noqa: B018 - classify on first use
+        found = self._classified
         if isinstance(selector, NamePattern):
-            bit = self._name_bit.get((selector.text, selector.anchored))
-            return bit is not None and bool(self._name_bits & bit)
-        if self.module_types is None:
+            bit = found.name_bit.get((selector.text, selector.anchored))
+            return bit is not None and bool(found.name_bits & bit)
+        if (self.shapes if isinstance(selector, ShapePattern) else self.module_types) is None:
             return False
-        bit = self._type_bit.get(selector.text)
-        return bit is not None and bool(self._type_bits & bit)
+        bit = found.other_bit.get(other_key(selector))
+        return bit is not None and bool(found.other_bits & bit)
 
     def selected(self, rule: Rule) -> frozenset[int]:
         """Indices of the names `rule` selects (its `except` already removed)."""
@@ -246,36 +196,63 @@ class BoundPolicy:
 
     # --- moments -------------------------------------------------------------------------------
 
-    def order(self, epoch: int, step: int, steps_per_epoch: int | None = None) -> list[Rule]:
-        """The rules whose time has come, in the order they apply."""
-        active = [r for r in self.policy.rules if r.active(epoch, step)]
-        active.sort(key=lambda r: (time_key(r.start, steps_per_epoch), r.index))
+    def order(
+        self,
+        epoch: int,
+        step: int,
+        steps_per_epoch: int | None = None,
+        fired: Fired = NOTHING_FIRED,
+    ) -> list[Rule]:
+        """The rules whose time has come (or whose condition has fired), in the order they
+        apply."""
+        active = [r for r in self.policy.rules if r.active(epoch, step, fired)]
+        active.sort(key=lambda r: (r.time_key(steps_per_epoch, fired), r.index))
         return active
 
-    def state_key(self, epoch: int, step: int, steps_per_epoch: int | None = None) -> tuple:
+    def state_key(
+        self,
+        epoch: int,
+        step: int,
+        steps_per_epoch: int | None = None,
+        fired: Any = None,
+    ) -> tuple:
         """What the decisions at (epoch, step) depend on: the active rules in order, and the
         progress of the warm-ups under way. Equal keys give equal decisions."""
-        order = tuple(r.index for r in self.order(epoch, step, steps_per_epoch))
+        fired = self.fired(fired)
+        order = tuple(r.index for r in self.order(epoch, step, steps_per_epoch, fired))
         if not self._warming:
             return order
         factors = tuple(
-            self._factor(r, epoch, step, steps_per_epoch)
+            self._factor(r, epoch, step, steps_per_epoch, fired)
             for r in self._warming
-            if r.active(epoch, step)
+            if r.active(epoch, step, fired)
         )
         return (order, factors)
 
+    def fired(self, fired: Any) -> Fired:
+        """`fired` (None, a mapping of statement index to moments, or a `Fired`) checked."""
+        if fired is None or fired == NOTHING_FIRED:
+            return NOTHING_FIRED
+        return fired_moments(fired, self.policy.statements, "fired")
+
     def decide_signatures(
-        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+        self,
+        *,
+        epoch: int = 0,
+        step: int = 0,
+        steps_per_epoch: int | None = None,
+        fired: Any = None,
     ) -> list[Decision]:
-        """One decision per signature at (epoch, step): the decision of its first name."""
+        """One decision per signature at (epoch, step): the decision of its first name.
+        `fired`: when the groups of `when` statements took effect (conditions.py)."""
         epoch, step, steps_per_epoch = arguments.moment(epoch, step, steps_per_epoch)
-        key = self.state_key(epoch, step, steps_per_epoch)
+        fired = self.fired(fired)
+        key = self.state_key(epoch, step, steps_per_epoch, fired)
         cached = self._templates.get(key)
         if cached is None:
-            order = self.order(epoch, step, steps_per_epoch)
+            order = self.order(epoch, step, steps_per_epoch, fired)
             factors = {
-                r.index: self._factor(r, epoch, step, steps_per_epoch)
+                r.index: self._factor(r, epoch, step, steps_per_epoch, fired)
                 for r in order
                 if r.statement.warmup is not None
             }
@@ -285,21 +262,34 @@ class BoundPolicy:
         return cached
 
     def decisions(
-        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+        self,
+        *,
+        epoch: int = 0,
+        step: int = 0,
+        steps_per_epoch: int | None = None,
+        fired: Any = None,
     ) -> DecisionView:
         """The decisions at (epoch, step) as a read-only mapping, made as they are looked up."""
-        templates = self.decide_signatures(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch)
+        templates = self.decide_signatures(
+            epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, fired=fired
+        )
         return DecisionView(self, templates)
 
     def resolve(
-        self, *, epoch: int = 0, step: int = 0, steps_per_epoch: int | None = None
+        self,
+        *,
+        epoch: int = 0,
+        step: int = 0,
+        steps_per_epoch: int | None = None,
+        fired: Any = None,
     ) -> dict[str, Decision]:
         epoch, step, steps_per_epoch = arguments.moment(epoch, step, steps_per_epoch)
-        key = self.state_key(epoch, step, steps_per_epoch)
+        fired = self.fired(fired)
+        key = self.state_key(epoch, step, steps_per_epoch, fired)
         last = self._last_resolved
         if last is None or last[0] != key:
             templates = self.decide_signatures(
-                epoch=epoch, step=step, steps_per_epoch=steps_per_epoch
+                epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, fired=fired
             )
             signatures = self.signatures
             out: dict[str, Decision] = {}
@@ -310,27 +300,33 @@ class BoundPolicy:
         # A copy: the cache must not change when a caller edits the dict it was given.
         return dict(last[1])
 
-    def _factor(self, rule: Rule, epoch: int, step: int, steps_per_epoch: int | None) -> float:
+    def _factor(
+        self, rule: Rule, epoch: int, step: int, steps_per_epoch: int | None, fired: Fired
+    ) -> float:
         try:
-            return rule.warmup_factor(epoch, step, steps_per_epoch)
-        except PolicyResolveError as exc:  # say where, in this policy's own file
+            return rule.warmup_factor(epoch, step, steps_per_epoch, fired)
+        except PolicyResolveError as exc:  # say where, in the file of the statement
             d = exc.first
-            lines = self.policy.text.split("\n")
-            source = lines[d.line - 1] if d.line and 0 < d.line <= len(lines) else None
-            where = dataclasses.replace(d, path=self.policy.source, source_line=source)
+            st = rule.statement
+            where = self.policy.diagnostic(d.code, d.message, st, st.warmup)
             raise PolicyResolveError(where) from None
 
     def _decide(self, order: list[Rule], factors: Mapping[int, float]) -> list[Decision]:
         """One decision per signature, for the rules of `order` applied in that order."""
         self.signatures  # noqa: B018 - classify on first use
         out: list[Decision] = []
+        depths = self._classified.depths
         for sig, selected in enumerate(self._sig_rules):
             t_rule = lr_rule = wd_rule = s_rule = None
+            # Whether the tensor was frozen (by `freeze` or `lr 0`) when `t_rule` was applied:
+            # an `unfreeze` warm-up ramps only what it turns from frozen to trainable.
+            was_frozen = False
             for rule in order:  # the last applied statement that selects a name decides
                 if not selected >> rule.index & 1:
                     continue
                 action = rule.statement.action
                 if action in ("freeze", "unfreeze"):
+                    was_frozen = _frozen(t_rule, lr_rule)
                     t_rule = rule
                 elif action == "lr":
                     lr_rule = rule
@@ -338,18 +334,21 @@ class BoundPolicy:
                     s_rule = rule
                 else:
                     wd_rule = rule
-            lr = rate_of(lr_rule)
+            if lr_rule is not None and lr_rule.index in depths:
+                # A layer decay: the factor once for every layer above this signature's.
+                layers = lr_rule.statement.layers
+                assert layers is not None
+                deep = depths[lr_rule.index][sig] or 0
+                lr: Rate | None = Rate(layers.factor.number**deep, relative=True)
+            else:
+                lr = rate_of(lr_rule)
             wd = rate_of(wd_rule)
             # A warm-up under way (of the `unfreeze` that made the parameter trainable, or of
             # the `lr` that set its rate) scales its rate; the one least far along holds it back.
-            ramp = min(
-                (
-                    factors.get(r.index, 1.0)
-                    for r in (t_rule, lr_rule)
-                    if r is not None and r.statement.action in ("unfreeze", "lr")
-                ),
-                default=1.0,
-            )
+            ramps = [factors.get(lr_rule.index, 1.0)] if lr_rule is not None else []
+            if t_rule is not None and t_rule.statement.action == "unfreeze" and was_frozen:
+                ramps.append(factors.get(t_rule.index, 1.0))
+            ramp = min(ramps, default=1.0)
             if ramp < 1.0 and not (lr is not None and lr.is_zero):
                 lr = Rate(lr.value * ramp, lr.relative) if lr else Rate(ramp, relative=True)
             if lr is not None and lr.is_zero:
@@ -377,27 +376,64 @@ class BoundPolicy:
             )
         return out
 
-    def moments(self, limit: int = MAX_LINT_MOMENTS) -> list[tuple[int, int]]:
-        """Moments (epoch, step) that together see every reachable set of active statements.
+    def moments(self, limit: int = MAX_LINT_MOMENTS) -> list[Moment]:
+        """Moments (epoch, step, fired) that together see every reachable set of active
+        statements.
 
         Epoch-timed and step-timed statements activate independently, so every combination of
         an epoch event with a step event is a distinct set; (0, 0) comes first. Past `limit`
-        combinations only a subset is tried.
+        combinations only a subset is tried. A `when` statement's groups take effect at moments
+        no one knows in advance: with each number of its groups fired, all at one of the timed
+        moments or after the last event of either clock or both, seen then and later; which is
+        what lint checks and what the optimizer groups of `param_groups` are laid out for.
         """
         epochs, steps = self.policy.clock_times()
-        moments = list(itertools.product(epochs, steps))
-        if len(moments) > limit:
+        timed = list(itertools.product(epochs, steps))
+        if len(timed) > limit:
             # Too many combinations to try them all: each clock on its own, and both together.
-            moments = sorted(
+            timed = sorted(
                 {(e, 0) for e in epochs} | {(0, s) for s in steps} | {(epochs[-1], steps[-1])}
             )
-        return moments
+        out: list[Moment] = [(e, s, NOTHING_FIRED) for e, s in timed]
+        conditional = [
+            (i, len(st.selection.groups))
+            for i, st in enumerate(self.policy.statements)
+            if st.condition is not None
+        ]
+        if not conditional:
+            return out
+        counts = list(itertools.product(*(range(n + 1) for _, n in conditional)))[1:]
+        # A group can also fire after every timed moment on one clock and not on the other
+        # (past the last epoch event, before a step-timed warm-up has ended): each clock gets a
+        # moment after its last event.
+        late_epoch, late_step = max(e for e, _ in timed) + 1, max(s for _, s in timed) + 1
+        late = (late_epoch, late_step)
+        times = sorted(
+            {*timed, late}
+            | {(late_epoch, s) for _, s in timed}
+            | {(e, late_step) for e, _ in timed}
+        )
+        pairs = [(f, m) for f in times for m in times if f[0] <= m[0] and f[1] <= m[1]]
+        if len(counts) * len(pairs) > limit:
+            # Each statement alone at each count, and all at their last, at the start and at
+            # the last moment.
+            counts = [
+                tuple(k if j == i else 0 for j in range(len(conditional)))
+                for i, (_, n) in enumerate(conditional)
+                for k in range(1, n + 1)
+            ] + [tuple(n for _, n in conditional)]
+            pairs = [(timed[0], timed[0]), (timed[0], late), (late, late)]
+        for ks in counts:
+            for f, m in pairs:
+                fired = tuple((i, (f,) * k) for (i, _), k in zip(conditional, ks, strict=True) if k)
+                out.append((m[0], m[1], fired))
+        return out
 
     def effective_statements(self) -> set[int]:
         """Indices of the statements that decide some setting of some name at some moment."""
         used: set[int] = set()
-        for epoch, step in self.moments():
-            for d in self._resolve_ignoring_warmup(epoch, step):
+        for epoch, step, fired in self.moments():
+            for d in self._resolve_ignoring_warmup(epoch, step, fired):
                 for st in (d.trainable_by, d.lr_by, d.decay_by, d.stats_by):
                     if st is not None:
                         used.add(self._statement_index[id(st)])
@@ -411,11 +447,11 @@ class BoundPolicy:
         wanted = set(statements)
         found: dict[int, set[int]] = {i: set() for i in wanted}
         rules = [r for r in self.policy.rules if r.statement_index in wanted]
-        for epoch, step in self.moments() if rules else ():
-            active = [r for r in rules if r.active(epoch, step)]
+        for epoch, step, fired in self.moments() if rules else ():
+            active = [r for r in rules if r.active(epoch, step, fired)]
             if not active:
                 continue
-            decisions = self._decide(self.order(epoch, step), {})
+            decisions = self._decide(self.order(epoch, step, None, fired), {})
             for rule in active:
                 bit = 1 << rule.index
                 into = found[rule.statement_index]
@@ -431,7 +467,7 @@ class BoundPolicy:
                             into.add(self._statement_index[id(st)])
         return {i: sorted(found[i] - {i}) for i in wanted}
 
-    def _resolve_ignoring_warmup(self, epoch: int, step: int) -> list[Decision]:
+    def _resolve_ignoring_warmup(self, epoch: int, step: int, fired: Fired) -> list[Decision]:
         """Who decides what at a moment (one decision per signature); warm-up progress does not
         change who decides, and needs no `steps_per_epoch` here."""
-        return self._decide(self.order(epoch, step), {})
+        return self._decide(self.order(epoch, step, None, fired), {})

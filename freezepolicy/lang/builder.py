@@ -5,15 +5,31 @@ diagnostics."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import cast
 
 from lark import Token, Transformer
 
+from .clauses import (
+    Problem,
+    Timing,
+    check_timing,
+    clock_of,
+    is_shape_selector,
+    keyword_as_selector,
+    pattern_problem,
+    shape_pattern,
+    statement_span,
+    timings,
+    token_span,
+    whole_number,
+    written_as_zero,
+)
 from .nodes import (
     FOLLOW_KEYWORDS,
+    Condition,
     Duration,
+    Include,
+    LayerDecay,
     NamePattern,
     Selection,
     Span,
@@ -25,33 +41,13 @@ from .nodes import (
 from .patterns import PatternError, parse_name_pattern, parse_type_pattern
 from .syntax import clip
 
-_TIME_NUMBER = re.compile(r"[0-9]+")  # ASCII only, as in the grammar
-_NONZERO_DIGIT = re.compile(r"[1-9]")
-#: Longest epoch or step number accepted; real training never comes close.
-MAX_TIME_DIGITS = 18
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A semantic problem found while building the AST; made into a Diagnostic by the caller."""
-
-    code: str
-    message: str
-    line: int
-    column: int
-    end_column: int
-
 
 @dataclass(frozen=True)
 class Built:
     """A statement and the problems found in it (the builder itself keeps no state)."""
 
-    statement: Statement
+    statement: Statement | Include
     problems: tuple[Problem, ...]
-
-
-def _token_span(tok: Token) -> Span:
-    return Span(tok.line or 0, tok.column or 0, tok.end_line or 0, tok.end_column or 0)
 
 
 class AstBuilder(Transformer):
@@ -74,14 +70,14 @@ class AstBuilder(Transformer):
         problems: list[Problem] = []
         value = None
         mode = None
-        timing: dict[str, _Timing] = {}
+        timing: dict[str, Timing] = {}
         result: _SelectionResult | None = None
         for child in children[1:]:
             if isinstance(child, Token) and child.type == "NUMBER":  # of `lr` / `decay`
                 value = self._value(child, str(action), problems)
             elif isinstance(child, Token):  # the `update` / `freeze` of `stats`
                 mode = str(child)
-            elif isinstance(child, _Timing):
+            elif isinstance(child, Timing):
                 timing[child.kind] = child
                 problems.extend(child.problems)
             else:
@@ -89,16 +85,11 @@ class AstBuilder(Transformer):
                 problems.extend(child.problems)
         assert result is not None
         selection = result.selection
-        when = cast(When | None, timing["at"].node if "at" in timing else None)
-        every = cast(Duration | None, timing["every"].node if "every" in timing else None)
-        warmup = cast(Duration | None, timing["warmup"].node if "warmup" in timing else None)
-        problems.extend(_check_timing(str(action), result, when, every, warmup))
-        last = max(
-            [n.span for n in (when, every, warmup) if n is not None]
-            + [selection.selectors[-1].span],
-            key=lambda s: (s.end_line, s.end_column),
-        )
-        span = Span(action.line or 0, action.column or 0, last.end_line, last.end_column)
+        when, condition, every, warmup = timings(timing)
+        then = result.then_spans
+        problems.extend(check_timing(str(action), then, when, condition, every, warmup))
+        last = [selection.selectors[-1].span]
+        span = statement_span(action, last, when, condition, every, warmup)
         st = Statement(
             str(action),  # type: ignore[arg-type]
             selection,
@@ -108,8 +99,110 @@ class AstBuilder(Transformer):
             mode,  # type: ignore[arg-type]
             every,
             warmup,
+            condition=condition,
         )
         return Built(st, tuple(problems))
+
+    def layer_decay(self, children: list) -> Built:
+        action, _decay, number, *rest = children
+        problems: list[Problem] = []
+        factor = self._factor(number, problems)
+        groups: dict[str, tuple] = {"FROM": (), "DOWN": (), "TO": ()}
+        exclude: tuple = ()
+        timing: dict[str, Timing] = {}
+        spans: list[Span] = []
+        i = 0
+        while i < len(rest):
+            child = rest[i]
+            if isinstance(child, Token):  # FROM / DOWN / TO, then its selectors
+                found, bad = rest[i + 1]
+                groups[child.type] = found
+                problems.extend(bad)
+                spans.append(found[-1].span)
+                i += 2
+                continue
+            if isinstance(child, Timing):
+                timing[child.kind] = child
+                problems.extend(child.problems)
+            else:  # the `except` list
+                exclude, bad = child
+                problems.extend(bad)
+                spans.append(exclude[-1].span)
+            i += 1
+        for sel in (*groups["DOWN"], *groups["TO"]):
+            if isinstance(sel, NamePattern) and sel.text in ("down", "to"):
+                problems.append(keyword_as_selector(sel.text, sel.span))
+        for sel in groups["DOWN"]:
+            if not isinstance(sel, NamePattern):
+                s = sel.span
+                kind = "module type" if isinstance(sel, TypePattern) else "shape"
+                message = (
+                    "`down` names the modules whose numbered children are the layers, as in"
+                    f" `down blocks`; `{sel}` selects by {kind}, which has no numbers"
+                )
+                problems.append(Problem("FP142", message, s.line, s.column, s.end_column))
+        layers = LayerDecay(factor, groups["FROM"], groups["DOWN"], groups["TO"])
+        selection = Selection(layers.top + layers.stack + layers.bottom, exclude)
+        when, condition, every, warmup = timings(timing)
+        problems.extend(check_timing("lr", (), when, condition, every, warmup))
+        span = statement_span(action, spans, when, condition, every, warmup)
+        st = Statement(
+            "lr",
+            selection,
+            None,
+            when,
+            span,
+            None,
+            every,
+            warmup,
+            layers=layers,
+            condition=condition,
+        )
+        return Built(st, tuple(problems))
+
+    def exclusion(self, children: list) -> tuple:
+        return children[0]
+
+    def include(self, children: list) -> Built:
+        keyword, path = children
+        text = str(path)[1:-1]
+        end = token_span(path)
+        span = Span(keyword.line or 0, keyword.column or 0, end.end_line, end.end_column)
+        problems: tuple[Problem, ...] = ()
+        if not text.strip():
+            s = token_span(path)
+            problems = (
+                Problem(
+                    "FP149",
+                    'an include needs a path, as in `include "base.freeze"` or'
+                    ' `include "builtin:bert_last2"`',
+                    s.line,
+                    s.column,
+                    s.end_column,
+                ),
+            )
+        return Built(Include(text, span), problems)
+
+    @staticmethod
+    def _factor(tok: Token, problems: list[Problem]) -> Value:
+        """The factor of a layer decay: a number in (0, 1], written without `x`."""
+        text = str(tok)
+        span = token_span(tok)
+        number = float(text.rstrip("x"))
+        message = None
+        if text.endswith("x"):
+            message = (
+                "a layer decay is a factor between layers, written without `x`:"
+                f" `{clip(text[:-1])}`"
+            )
+        elif not 0 < number <= 1:
+            message = (
+                f"a layer decay is a factor above 0 and at most 1 (each layer down gets it once"
+                f" more), got `{clip(text)}`"
+            )
+        if message is not None:
+            problems.append(Problem("FP142", message, span.line, span.column, span.end_column))
+        return Value(number, False, text, span)
 
     @staticmethod
     def _value(tok: Token, action: str, problems: list[Problem]) -> Value:
@@ -117,7 +210,7 @@ class AstBuilder(Transformer):
         relative = text.endswith("x")
         what = "learning rate" if action == "lr" else "weight decay"
         number = float(text[:-1] if relative else text)
-        span = _token_span(tok)
+        span = token_span(tok)
         if number < 0:
             problems.append(
                 Problem(
@@ -138,7 +231,7 @@ class AstBuilder(Transformer):
                     span.end_column,
                 )
             )
-        elif number == 0 and not _written_as_zero(text):
+        elif number == 0 and not written_as_zero(text):
             # `1e-400` is not 0 as written, but float() makes it 0, and a rate of 0 freezes.
             problems.append(
                 Problem(
@@ -167,7 +260,7 @@ class AstBuilder(Transformer):
         while i < len(children):
             child = children[i]
             if isinstance(child, Token):  # THEN
-                then_spans.append(_token_span(child))
+                then_spans.append(token_span(child))
                 group, bad = children[i + 1]
                 then.append(group)
                 i += 2
@@ -186,62 +279,63 @@ class AstBuilder(Transformer):
 
     def selector(self, children: list):
         tok: Token = children[0]
-        span = _token_span(tok)
+        span = token_span(tok)
         text = str(tok)
+        if tok.type == "PATTERN" and is_shape_selector(text):
+            return shape_pattern(text, span)
         if tok.type == "TYPE_PATTERN":
             body = text[len("type:") :]
             try:
                 parse_type_pattern(body)
             except PatternError as exc:
-                return TypePattern(body, span), (_pattern_problem(exc, span, len("type:")),)
+                return TypePattern(body, span), (pattern_problem(exc, span, len("type:")),)
             return TypePattern(body, span), ()
         anchored = text.startswith("^")
         body = text[1:] if anchored else text
         node = NamePattern(body, anchored, span)
         if body in FOLLOW_KEYWORDS:
-            return node, (
-                Problem(
-                    "FP108",
-                    f"`{body}` is a keyword, not a selector; is a selector missing before it?",
-                    span.line,
-                    span.column,
-                    span.end_column,
-                ),
-            )
+            return node, (keyword_as_selector(body, span),)
         try:
             # Reading the pattern finds every error; compiling waits until it is matched.
             parse_name_pattern(body)
         except PatternError as exc:
-            return node, (_pattern_problem(exc, span, 1 if anchored else 0),)
+            return node, (pattern_problem(exc, span, 1 if anchored else 0),)
         return node, ()
 
-    def when(self, children: list) -> _Timing:
+    def when(self, children: list) -> Timing:
         clock_tok, number = children
-        clock = _clock(clock_tok)
-        at, problems = _whole_number(number, clock, minimum=0)
-        span = _token_span(number)
+        clock = clock_of(clock_tok)
+        at, problems = whole_number(number, clock, minimum=0)
+        span = token_span(number)
         # The span runs from the clock word (the `at` before it is not kept by the parser).
         when_span = Span(clock_tok.line or 0, clock_tok.column or 0, span.end_line, span.end_column)
-        return _Timing("at", When(clock, at, when_span), problems)  # type: ignore[arg-type]
+        return Timing("at", When(clock, at, when_span), problems)  # type: ignore[arg-type]
 
-    def every(self, children: list) -> _Timing:
+    def condition(self, children: list) -> Timing:
+        metric, trend, number, unit = children
+        patience, problems = whole_number(number, "the number of evaluations", minimum=1)
+        span = Span(metric.line or 0, metric.column or 0, unit.end_line or 0, unit.end_column or 0)
+        node = Condition(str(metric), str(trend), patience, span)  # type: ignore[arg-type]
+        return Timing("when", node, problems)
+
+    def every(self, children: list) -> Timing:
         return self._duration("every", children)
 
-    def warmup(self, children: list) -> _Timing:
+    def warmup(self, children: list) -> Timing:
         return self._duration("warmup", children)
 
     @staticmethod
-    def _duration(kind: str, children: list) -> _Timing:
+    def _duration(kind: str, children: list) -> Timing:
         keyword, *rest = children
         clock_tok = rest[-1]
-        clock = _clock(clock_tok)
+        clock = clock_of(clock_tok)
         if len(rest) == 2:  # `every 2 epochs`; `every epoch` has no number and means 1
-            count, problems = _whole_number(rest[0], f"the `{kind}` count", minimum=1)
+            count, problems = whole_number(rest[0], f"the `{kind}` count", minimum=1)
         else:
             count, problems = 1, ()
-        end = _token_span(clock_tok)
+        end = token_span(clock_tok)
         span = Span(keyword.line or 0, keyword.column or 0, end.end_line, end.end_column)
-        return _Timing(kind, Duration(count, clock, span), problems)  # type: ignore[arg-type]
+        return Timing(kind, Duration(count, clock, span), problems)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -249,118 +343,6 @@ class _SelectionResult:
     selection: Selection
     problems: tuple[Problem, ...]
     then_spans: tuple[Span, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Timing:
-    """One of a statement's `at`, `every` and `warmup` clauses, with its problems."""
-
-    kind: str
-    node: When | Duration
-    problems: tuple[Problem, ...]
-
-
-def _written_as_zero(text: str) -> bool:
-    """Whether a number as written is 0: no digit but 0 before its exponent (`0.00e5`, `0x`)."""
-    mantissa = re.split("[eE]", text.rstrip("x"), maxsplit=1)[0]
-    return _NONZERO_DIGIT.search(mantissa) is None
-
-
-def _clock(tok: Token) -> str:
-    """`epoch` / `step` (the plural, natural after a number, means the same clock)."""
-    return str(tok).rstrip("s")
-
-
-def _whole_number(tok: Token, what: str, *, minimum: int) -> tuple[int, tuple[Problem, ...]]:
-    """A time or count written as a whole number, or 0 and the problem with it."""
-    text = str(tok)
-    span = _token_span(tok)
-    problem = None
-    if _TIME_NUMBER.fullmatch(text) and len(text) <= MAX_TIME_DIGITS:
-        value = int(text)
-        if value >= minimum:
-            return value, ()
-        problem = f"must be {minimum} or more"
-    elif _TIME_NUMBER.fullmatch(text):
-        # int() of a huge digit string is slow and, past 4300 digits, a ValueError.
-        problem = f"is too large (at most {MAX_TIME_DIGITS} digits)"
-    elif text.startswith("-"):
-        problem = (
-            "cannot be negative (epochs and steps count from 0)"
-            if minimum == 0
-            else f"must be {minimum} or more"
-        )
-    elif text.startswith("+") and _TIME_NUMBER.fullmatch(text[1:]):
-        problem = "is written without a sign"
-    else:
-        problem = "must be a whole number"
-    message = f"{what} {problem}, got `{clip(text)}`"
-    return 0, (Problem("FP105", message, span.line, span.column, span.end_column),)
-
-
-def _check_timing(
-    action: str,
-    result: _SelectionResult,
-    when: When | None,
-    every: Duration | None,
-    warmup: Duration | None,
-) -> list[Problem]:
-    """The rules that tie `then`, `at`, `every` and `warmup` together."""
-    problems: list[Problem] = []
-    if result.then_spans and every is None:
-        s = result.then_spans[0]
-        problems.append(
-            Problem(
-                "FP130",
-                "`then` lists groups reached one after another: add how far apart, as in"
-                " `every 2 epochs`",
-                s.line,
-                s.column,
-                s.end_column,
-            )
-        )
-    if every is not None and not result.then_spans:
-        s = every.span
-        problems.append(
-            Problem(
-                "FP131",
-                "`every` spaces out groups listed with `then`, as in"
-                " `unfreeze layer4 then layer3 every 2 epochs`; this statement has one group",
-                s.line,
-                s.column,
-                s.end_column,
-            )
-        )
-    if every is not None and when is not None and every.clock != when.clock and result.then_spans:
-        # (Without `then`, FP131 above already says this `every` does not belong here.)
-        s = every.span
-        problems.append(
-            Problem(
-                "FP133",
-                f"`every` counts {every.clock}s but `at` counts {when.clock}s; use one clock",
-                s.line,
-                s.column,
-                s.end_column,
-            )
-        )
-    if warmup is not None and action not in ("unfreeze", "lr"):
-        s = warmup.span
-        problems.append(
-            Problem(
-                "FP132",
-                f"`warmup` ramps up a learning rate, so it belongs to `unfreeze` or `lr`,"
-                f" not `{action}`",
-                s.line,
-                s.column,
-                s.end_column,
-            )
-        )
-    return problems
-
-
-def _pattern_problem(exc: PatternError, span: Span, shift: int) -> Problem:
-    col = span.column + shift + exc.offset
-    return Problem(exc.code, exc.message, span.line, col, col + exc.length)
 
 
 #: The one builder, shared by every parse.

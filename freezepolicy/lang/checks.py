@@ -11,29 +11,20 @@ import difflib
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 from . import arguments
 from .bound import BoundPolicy
 from .errors import Diagnostic
-from .nodes import Selector, Statement, TypePattern
+from .nodes import NamePattern, Selector, ShapePattern, Statement, TypePattern
 from .policy import Policy
-from .rules import Rule, mixes_clocks
+from .rules import Rule, mixes_clocks, ordinal
 from .tied import tied_conflicts_over_time
 
 
-@lru_cache(maxsize=4)
-def _source_lines(text: str) -> list[str]:
-    # Split once per policy, not once per diagnostic (a 1 MB policy can have thousands).
-    return text.split("\n")
-
-
-def _diag(policy: Policy, code: str, message: str, node, severity: str = "warning") -> Diagnostic:
-    span = node.span
-    lines = _source_lines(policy.text)
-    source = lines[span.line - 1] if 0 < span.line <= len(lines) else None
-    end = span.end_column if span.end_line == span.line else None
-    return Diagnostic(code, message, policy.source, span.line, span.column, end, source, severity)
+def _diag(
+    policy: Policy, code: str, message: str, node, st: Statement, severity: str = "warning"
+) -> Diagnostic:
+    return policy.diagnostic(code, message, st, node, severity)
 
 
 def check_names(
@@ -41,12 +32,13 @@ def check_names(
     names: Sequence[str],
     module_types: Mapping[str, Collection[str]] | None = None,
     *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
     bound: BoundPolicy | None = None,
 ) -> list[Diagnostic]:
     """The checks that need parameter names: selectors that match nothing, and statements that
     never decide anything because later statements always override them.
 
-    `bound` is `policy.bind(names, module_types)` when the caller has it already.
+    `bound` is `policy.bind(names, module_types, shapes)` when the caller has it already.
     """
     if not isinstance(policy, Policy):
         raise TypeError(
@@ -56,7 +48,7 @@ def check_names(
     out: list[Diagnostic] = []
     names = list(arguments.parameter_names(names, "check_names()"))
     if bound is None:
-        bound = policy.bind(names, module_types)
+        bound = policy.bind(names, module_types, shapes)
     suggest = _Suggester(names)
     silent: set[int] = set()  # statements with a selector we cannot evaluate or that is empty
     for index, st in enumerate(policy.statements):
@@ -69,13 +61,28 @@ def check_names(
                         f"`{sel}` selects by module type, which needs a model; "
                         "check it with `--model`",
                         sel,
+                        st,
+                        severity="note",
+                    )
+                )
+                silent.add(index)
+                continue
+            if isinstance(sel, ShapePattern) and shapes is None:
+                out.append(
+                    _diag(
+                        policy,
+                        "FP230",
+                        f"`{sel}` selects by tensor shape, which needs a model; "
+                        "check it with `--model`",
+                        sel,
+                        st,
                         severity="note",
                     )
                 )
                 silent.add(index)
                 continue
             if not bound.matches_anything(sel):
-                out.append(_diag(policy, "FP201", _nothing_message(sel, st, suggest), sel))
+                out.append(_diag(policy, "FP201", _nothing_message(sel, st, suggest), sel, st))
                 if sel not in st.selection.exclude:
                     silent.add(index)
     effective = bound.effective_statements()
@@ -105,6 +112,7 @@ def check_names(
                     f"`{_head(st)}` never takes effect: the learning rate of what it selects is 0 "
                     f"(line {blocked.line}), which keeps it frozen",
                     st,
+                    st,
                 )
             )
         else:
@@ -119,6 +127,7 @@ def check_names(
                     f"`{_head(st)}` never changes anything: later statements always override"
                     f" it{where}",
                     st,
+                    st,
                 )
             )
     return out
@@ -126,9 +135,30 @@ def check_names(
 
 def check_policy(policy: Policy) -> list[Diagnostic]:
     """The checks that need nothing but the policy: a note (FP207) for each warm-up that mixes
-    epochs and steps, which only resolves with the number of steps per epoch. The same code
-    is the error `Policy.resolve` and `show` raise without it; lint says it up front."""
+    epochs and steps, which only resolves with the number of steps per epoch (the same code is
+    the error `Policy.resolve` and `show` raise without it; lint says it up front), and a note
+    (FP232) for each metric-driven statement, saying which group takes effect at which plateau:
+    lint checks them as if each could happen at any time."""
     out = []
+    for st in policy.statements:
+        condition = st.condition
+        if condition is None:
+            continue
+        groups = [", ".join(str(s) for s in group) for group in st.selection.groups]
+        later = "".join(f", `{g}` the {ordinal(i + 2)} time" for i, g in enumerate(groups[1:]))
+        first = f" (1st time){later}" if later else ""
+        head = str(st.layers) if st.layers is not None else f"{st.action} `{groups[0]}`"
+        out.append(
+            _diag(
+                policy,
+                "FP232",
+                f"conditional event: {head} {condition}{first}; lint checks"
+                f" {'them' if later else 'it'} as in effect from any moment on",
+                condition,
+                st,
+                severity="note",
+            )
+        )
     for index, st in enumerate(policy.statements):
         if any(mixes_clocks(r) for r in policy.rules if r.statement_index == index):
             out.append(
@@ -139,6 +169,7 @@ def check_policy(policy: Policy) -> list[Diagnostic]:
                     " number of steps per epoch (`steps_per_epoch=`, which FreezeScheduler and"
                     " the Trainer callback pass; `show --steps-per-epoch`)",
                     st.warmup if st.warmup is not None else st,
+                    st,
                     severity="note",
                 )
             )
@@ -159,7 +190,7 @@ def _head(st: Statement) -> str:
 def _nothing_message(sel: Selector, st: Statement, suggest: _Suggester) -> str:
     where = "in `except`" if sel in st.selection.exclude else ""
     msg = f"selector `{sel}` {where + ' ' if where else ''}matches no parameter"
-    if isinstance(sel, TypePattern):
+    if not isinstance(sel, NamePattern):
         return msg
     close = suggest(sel.text)
     return msg + (f"; did you mean `{close}`?" if close else "")
@@ -211,10 +242,10 @@ def _blocked_by_lr_zero(bound: BoundPolicy, rule: Rule) -> Statement | None:
     """For an `unfreeze` that never takes effect, the `lr 0` statement that blocks it, if any."""
     if rule.statement.action != "unfreeze":
         return None
-    for epoch, step in bound.moments():
-        if rule not in bound.order(epoch, step):
+    for epoch, step, fired in bound.moments():
+        if rule not in bound.order(epoch, step, None, fired):
             continue
-        decisions = bound.decisions(epoch=epoch, step=step)
+        decisions = bound.decisions(epoch=epoch, step=step, fired=fired)
         for i in bound.selected(rule):
             d = decisions[bound.names[i]]
             if d.lr is not None and d.lr.is_zero and d.lr_by is not None:
@@ -233,19 +264,21 @@ class ModelNames:
     names: Sequence[str]
     module_types: Mapping[str, Collection[str]]
     tied: Sequence[Sequence[str]] = ()
+    #: Each name's shape, for `ndim` selectors (None: unknown, which lint notes as FP230).
+    shapes: Mapping[str, Sequence[int]] | None = None
 
 
 def check_model(policy: Policy, model: ModelNames) -> list[Diagnostic]:
     """The name checks with module types resolved (FP201, FP202, FP204) plus tied-parameter
     conflicts (FP205) at every moment of the policy's schedule."""
-    out = check_names(policy, model.names, model.module_types)
+    out = check_names(policy, model.names, model.module_types, shapes=model.shapes)
     if model.tied:
         out.extend(_tied_warnings(policy, model))
     return sorted(out, key=lambda d: (d.line or 0, d.column or 0, d.code))
 
 
 def _tied_warnings(policy: Policy, model: ModelNames) -> list[Diagnostic]:
-    bound = policy.bind(model.names, model.module_types)
+    bound = policy.bind(model.names, model.module_types, model.shapes)
     found = tied_conflicts_over_time(policy, bound, model.tied, bound.moments())
     # A warning in lint (docs/errors.md); `apply_policy` raises it as an error.
     return [replace(d, severity="warning") for d in found]

@@ -49,6 +49,16 @@ CODES: dict[str, str] = {
     "FP131": "every-needs-then",
     "FP132": "warmup-not-allowed",
     "FP133": "mixed-clocks",
+    # Indices counted from the end, layer decay, shapes, conditions and includes (issue 13).
+    "FP140": "index-from-end-not-a-whole-part",
+    "FP141": "index-from-end-zero",
+    "FP142": "bad-layer-decay",
+    "FP143": "bad-shape-selector",
+    "FP144": "when-with-at-or-every",
+    "FP146": "include-not-found",
+    "FP147": "include-cycle",
+    "FP148": "too-many-includes",
+    "FP149": "include-without-path",
     # Checks that need parameter names or a model.
     "FP201": "selects-nothing",
     "FP202": "never-effective",
@@ -64,6 +74,10 @@ CODES: dict[str, str] = {
     "FP213": "scheduler-not-passed",
     "FP214": "trainer-groups-split",
     "FP215": "policy-changed-since-checkpoint",
+    # Shapes and metric-driven statements (issue 13).
+    "FP230": "shape-selector-needs-model",
+    "FP231": "metric-never-observed",
+    "FP232": "conditional-event",
 }
 
 

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from .glob import PartMatch, RegexPart, compile_part
-from .patterns import ANY_PARTS, Literal, parse_name_pattern
+from .patterns import ANY_PARTS, Literal, PatternParts, parse_name_pattern
+from .relative import IndexedParents, is_relative, resolve
 
 #: What a pattern made only of `**` parts matches: any one whole, non-empty part (a name's
 #: every part qualifies except an empty one, as in `a..b`).
@@ -40,7 +41,9 @@ class PartMatcher:
     letting any number of non-empty parts pass; the run may end before the name does.
     """
 
-    def __init__(self, patterns: Sequence[tuple[str, bool]]) -> None:
+    def __init__(self, patterns: Sequence[tuple[str | PatternParts, bool]]) -> None:
+        """`patterns`: (text or parsed parts, anchored) for each selector; parts counted from
+        the end must be resolved first (relative.py)."""
         self._floating: list[tuple[int, int]] = []
         self._starts: dict[str, list[tuple[int, int]]] = {}
         self._parts: list[tuple[PartMatch, ...]] = []
@@ -51,7 +54,10 @@ class PartMatcher:
             gaps: set[int] = set()
             pending = False
             first = None
-            for part in parse_name_pattern(text):
+            parsed = parse_name_pattern(text) if isinstance(text, str) else text
+            if is_relative(parsed):
+                raise ValueError(f"resolve the indices counted from the end of {text!r} first")
+            for part in parsed:
                 if part == ANY_PARTS:
                     pending = True
                     continue
@@ -131,15 +137,26 @@ class CompiledSelector:
     def __init__(self, text: str, anchored: bool = False) -> None:
         self.text = text
         self.anchored = anchored
-        self._matcher = PartMatcher([(text, anchored)])
+        parts = parse_name_pattern(text)
+        #: With a part counted from the end, what it selects depends on all the names matched.
+        self.relative = is_relative(parts)
+        self._matcher = None if self.relative else PartMatcher([(text, anchored)])
 
     def matches(self, name: str) -> bool:
-        return bool(self._matcher.bits_of((name,))[0])
+        """Whether it selects `name` (a selector counting from the end counts in `name` alone:
+        use `select` with all the names)."""
+        return bool(self.select((name,)))
 
     def select(self, names: Iterable[str]) -> list[str]:
-        """The names it selects, in order."""
+        """The names it selects, in order (indices counted from the end count among them)."""
         names = list(names)
-        return [n for n, bits in zip(names, self._matcher.bits_of(names), strict=True) if bits]
+        matcher = self._matcher
+        if matcher is None:
+            resolved = resolve(parse_name_pattern(self.text), self.anchored, IndexedParents(names))
+            if not resolved:
+                return []
+            matcher = PartMatcher(resolved)
+        return [n for n, bits in zip(names, matcher.bits_of(names), strict=True) if bits]
 
     def __repr__(self) -> str:
         return f"CompiledSelector({('^' if self.anchored else '') + self.text!r})"

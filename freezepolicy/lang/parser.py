@@ -11,7 +11,7 @@ from .builder import AST_BUILDER, Built
 from .characters import LineLookup, invisible_characters, long_words
 from .errors import Diagnostic, PolicySourceError, PolicySyntaxError
 from .grammar import build_parser
-from .nodes import Comment, Span, Statement
+from .nodes import Comment, Include, Span, Statement
 from .syntax import statement_start, syntax_diagnostic
 
 #: Report at most this many problems per file; one more line says the rest were not shown.
@@ -20,8 +20,8 @@ MAX_ERRORS = 20
 
 def parse_text(
     text: str, path: str = "<string>"
-) -> tuple[tuple[Statement, ...], tuple[Comment, ...]]:
-    """Parse normalized policy text into statements and comments.
+) -> tuple[tuple[Statement | Include, ...], tuple[Comment, ...]]:
+    """Parse normalized policy text into statements (and `include`s, unread) and comments.
 
     Raises `PolicySyntaxError` holding every problem found (up to `MAX_ERRORS`).
     """
@@ -45,7 +45,7 @@ def parse_text(
     if refused:
         raise PolicySyntaxError(_in_order_and_capped(refused, path))
     diagnostics: list[Diagnostic] = []
-    statements: list[Statement] = []
+    statements: list[Statement | Include] = []
     start = 0
     # Look for one error past the cap, so the FP109 line appears only when some were left out.
     while start < len(text) and len(diagnostics) <= MAX_ERRORS:
@@ -120,7 +120,7 @@ def _in_order_and_capped(diagnostics: list[Diagnostic], path: str) -> list[Diagn
 
 def _parse_chunk(
     text: str, start: int, end: int, path: str, lines: LineLookup, diagnostics: list[Diagnostic]
-) -> list[Statement]:
+) -> list[Statement | Include]:
     # Pad the chunk so lark reports positions of the whole file: newlines for the lines before
     # it, spaces for the columns before it on its first line (both are ignored by the grammar).
     line = text.count("\n", 0, start)

@@ -99,7 +99,22 @@ class Alternatives:
     options: tuple[tuple[Atom, ...], ...]
 
 
-Atom = Literal | AnyChar | CharClass | Star | NumberRange | Alternatives
+@dataclass(frozen=True)
+class IndexFromEnd:
+    """A whole part that counts from the end: `-1`, `-2..-1`, `0..-3`.
+
+    A negative bound counts from the end of the indices present under the part's parent in the
+    names being matched (-1 the last); a bound of 0 or more is an index as written. It cannot be
+    matched on its own: binding resolves it per parent into a `NumberRange` (relative.py)."""
+
+    lo: int
+    hi: int
+
+    def __str__(self) -> str:
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}..{self.hi}"
+
+
+Atom = Literal | AnyChar | CharClass | Star | NumberRange | Alternatives | IndexFromEnd
 
 #: A part that is exactly `**`: any number (zero or more) of whole name parts.
 ANY_PARTS = "**"
@@ -190,6 +205,14 @@ class Part:
         while k < len(text) and text[k] in DIGITS:
             k += 1
         if k == j:
+            if text.startswith("-", j) and j + 1 < len(text) and text[j + 1] in DIGITS:
+                raise self.error(
+                    "FP140",
+                    "a range counted from the end must be a whole part, as in"
+                    " `encoder.layer.-2..-1`",
+                    start,
+                    len(text) - start,
+                )
             raise self.error(
                 "FP123", "a range needs a number on each side of `..`, as in `layer1..3`", dots, 2
             )
@@ -272,6 +295,14 @@ class Part:
             )
         options, offset = [], start + 1
         for option in body.split(","):
+            if option.startswith("-") and option[1:2] in DIGITS:
+                raise self.error(
+                    "FP140",
+                    "an index counted from the end must be a whole part, not an alternative:"
+                    " write `blocks.-2..-1`, or list whole selectors with `,`",
+                    offset,
+                    len(option),
+                )
             options.append(Part(option, self.base + offset).atoms(in_braces=True))
             offset += len(option) + 1
         return Alternatives(tuple(options)), end + 1
@@ -318,8 +349,53 @@ def parse_name_pattern(text: str) -> PatternParts:
             if parts[-1:] != [ANY_PARTS]:  # `**.**` means what `**` means
                 parts.append(ANY_PARTS)
             continue
-        parts.append(Part(part, offset).atoms())
+        from_end = index_from_end(part, offset)
+        parts.append((from_end,) if from_end is not None else Part(part, offset).atoms())
     return tuple(parts)
+
+
+#: A whole part that is an index or a range with a bound counted from the end (`-1`, `0..-3`).
+_FROM_END = re.compile(r"(-?[0-9]+)(?:\.\.(-?[0-9]+))?")
+
+
+def index_from_end(part: str, offset: int) -> IndexFromEnd | None:
+    """The `IndexFromEnd` a whole part spells (`-1`, `-2..-1`, `0..-3`), None for a part with
+    no bound counted from the end, or a `PatternError` for one that is written wrong."""
+    if not (part.startswith("-") or "..-" in part):
+        return None
+    match = _FROM_END.fullmatch(part)
+    if match is None:
+        if part.startswith("-") and part[1:2] not in DIGITS:
+            return None  # `-foo`: a name that starts with a dash
+        raise PatternError(
+            "FP140",
+            "an index counted from the end must be a whole part, as in `blocks.-1` or"
+            " `encoder.layer.-2..-1`",
+            offset,
+            len(part),
+        )
+    left, right = match.group(1), match.group(2) or match.group(1)
+    for bound in (left, right):
+        digits = bound.lstrip("-")
+        if len(digits) > MAX_RANGE_DIGITS:
+            raise PatternError("FP123", "range bound is too long", offset, len(part))
+        if len(digits) > 1 and digits[0] == "0":
+            raise PatternError(
+                "FP123", "indices are written without leading zeros", offset, len(part)
+            )
+        if bound == "-0":
+            raise PatternError(
+                "FP141", "counting from the end starts at -1 (the last index); `-0` is none",
+                offset,
+                len(part),
+            )
+    lo, hi = int(left), int(right)
+    if (lo < 0) == (hi < 0) and lo > hi:
+        raise PatternError(
+            "FP122", f"range `{left}..{right}` is reversed; write `{right}..{left}`", offset,
+            len(part),
+        )
+    return IndexFromEnd(lo, hi)
 
 
 #: Characters a `type:` glob may hold besides letters, digits and `_`.

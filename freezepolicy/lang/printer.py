@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .nodes import Comment, Statement
+from .nodes import Comment, Include, Statement
 
 
-def format_statement(statement: Statement) -> str:
+def format_statement(statement: Statement | Include) -> str:
     return str(statement)
 
 
-def format_policy(statements: Sequence[Statement], comments: Sequence[Comment] = ()) -> str:
-    """Statements and comments (in source order by their spans) as canonical text."""
-    items: list[Statement | Comment] = [*statements, *comments]
+def format_policy(
+    statements: Sequence[Statement | Include], comments: Sequence[Comment] = ()
+) -> str:
+    """Statements, includes and comments (in source order by their spans) as canonical text."""
+    items: list[Statement | Include | Comment] = [*statements, *comments]
     items.sort(key=lambda it: (it.span.line, it.span.column))
     out: list[str] = []
     last_line = None  # source line of the previous item

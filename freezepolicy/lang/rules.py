@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .conditions import NOTHING_FIRED, Fired, fired_group
 from .errors import Diagnostic, PolicyResolveError
 from .glob import compile_type_pattern
 from .matcher import compile_name_pattern
-from .nodes import NamePattern, Selector, Statement, When
+from .nodes import NamePattern, Selector, ShapePattern, Statement, When
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,22 @@ class Rule:
             return str(st)
         selectors = ", ".join(str(s) for s in groups[self.group])
         when = f" at {self.start.clock} {self.start.at}" if self.start else ""
+        if st.condition is not None:
+            when = f" {st.condition} ({ordinal(self.group + 1)} time)"
         return f"{st.action} {selectors}{when} (group {self.group + 1} of {len(groups)})"
 
-    def warmup_factor(self, epoch: int, step: int, steps_per_epoch: int | None) -> float:
+    @property
+    def conditional(self) -> bool:
+        """Whether a metric, not a clock, says when the rule starts (`when ... stops ...`)."""
+        return self.statement.condition is not None
+
+    def fired_at(self, fired: Fired) -> tuple[int, int] | None:
+        """For a conditional rule, the moment (epoch, step) it took effect, if it has."""
+        return fired_group(fired, self.statement_index, self.group)
+
+    def warmup_factor(
+        self, epoch: int, step: int, steps_per_epoch: int | None, fired: Fired = NOTHING_FIRED
+    ) -> float:
         """How far the statement's warm-up has come at (epoch, step): in (0, 1], 1 when done.
 
         The ramp is linear and counts the step about to be taken, so the first step after
@@ -133,6 +147,9 @@ class Rule:
         if warmup is None:
             return 1.0
         start = self.start or When(warmup.clock, 0)
+        moment = self.fired_at(fired) if self.conditional else None
+        if moment is not None:  # on the warm-up's own clock: no steps per epoch needed
+            start = When(warmup.clock, moment[0] if warmup.clock == "epoch" else moment[1])
         spe = steps_per_epoch
         if start.clock == warmup.clock == "epoch" and spe is None:
             done, total = epoch - start.at, warmup.count
@@ -158,21 +175,37 @@ class Rule:
             return ("stats",)
         return ("decay",)
 
-    def active(self, epoch: int, step: int) -> bool:
+    def active(self, epoch: int, step: int, fired: Fired = NOTHING_FIRED) -> bool:
+        if self.conditional:
+            moment = self.fired_at(fired)
+            return moment is not None and epoch >= moment[0] and step >= moment[1]
         when = self.start
         if when is None:
             return True
         return (epoch if when.clock == "epoch" else step) >= when.at
 
+    def time_key(
+        self, steps_per_epoch: int | None, fired: Fired = NOTHING_FIRED
+    ) -> tuple[int, int]:
+        """Where the rule sits on the timeline (see `time_key`); a conditional rule at the moment
+        it took effect: its step with `steps_per_epoch`, else its epoch."""
+        moment = self.fired_at(fired) if self.conditional else None
+        if moment is None:
+            return time_key(self.start, steps_per_epoch)
+        return (0, moment[1] if steps_per_epoch is not None else moment[0])
+
     def selected(
-        self, names: Sequence[str], module_types: Mapping[str, Collection[str]] | None
+        self,
+        names: Sequence[str],
+        module_types: Mapping[str, Collection[str]] | None,
+        shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> frozenset[int]:
         """Indices of the names this rule selects (its `except` already removed), selector by
         selector: the plain definition, which `BoundPolicy.selected` computes faster."""
         selection = self.statement.selection
-        hits = _match(names, selection.groups[self.group], module_types)
+        hits = _match(names, selection.groups[self.group], module_types, shapes)
         if selection.exclude:
-            hits -= _match(names, selection.exclude, module_types)
+            hits -= _match(names, selection.exclude, module_types, shapes)
         return frozenset(hits)
 
 
@@ -180,10 +213,11 @@ def _match(
     names: Sequence[str],
     selectors: Iterable[Selector],
     module_types: Mapping[str, Collection[str]] | None,
+    shapes: Mapping[str, Sequence[int]] | None,
 ) -> set[int]:
     hits: set[int] = set()
     for selector in selectors:
-        chosen = set(selector_matches(selector, names, module_types))
+        chosen = set(selector_matches(selector, names, module_types, shapes))
         hits.update(i for i, n in enumerate(names) if n in chosen)
     return hits
 
@@ -192,14 +226,27 @@ def selector_matches(
     selector: Selector,
     names: Sequence[str],
     module_types: Mapping[str, Collection[str]] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> list[str]:
-    """The names one selector matches (used by lint and `show`)."""
+    """The names one selector matches (used by lint and `show`). Indices counted from the end
+    count among `names`; `ndim` selectors need `shapes` and `type:` selectors `module_types`
+    (without them they select nothing)."""
     if isinstance(selector, NamePattern):
         return compile_name_pattern(selector.text, selector.anchored).select(names)
+    if isinstance(selector, ShapePattern):
+        if shapes is None:
+            return []
+        return [n for n in names if selector.accepts(len(shapes[n]))]
     glob = compile_type_pattern(selector.text)
     if module_types is None:
         return []
     return [n for n in names if any(glob.fullmatch(c) for c in module_types.get(n, ()))]
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ... 11th, 12th, 13th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def rate_of(rule: Rule | None) -> Rate | None:

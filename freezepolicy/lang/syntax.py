@@ -29,12 +29,24 @@ _EXPECTED_WORDS: dict[str, str] = {
     "WARMUP": "`warmup`",
     "_AT": "`at`",
     "_FOR": "`for`",
-    "FREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
-    "UNFREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
-    "LR": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
-    "DECAY": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
-    "STATS": "a statement (`freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
+    "FREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)",
+    "UNFREEZE": "a statement (`freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)",
+    "LR": "a statement (`freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)",
+    "DECAY": "a statement (`freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)",
+    "STATS": "a statement (`freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)",
+    "INCLUDE": "a statement (`freeze`, `unfreeze`, `lr`, `decay`, `stats` or `include`)",
     "STATS_MODE": "`update` or `freeze`",
+    "STRING": 'a path in double quotes, as in `include "base.freeze"`',
+    "_PER": "`per`",
+    "_LAYER": "`layer`",
+    "FROM": "`from`",
+    "DOWN": "`down`",
+    "TO": "`to`",
+    "_WHEN": "`when`",
+    "METRIC": "a metric name such as `val_loss`",
+    "_STOPS": "`stops`",
+    "TREND": "`decreasing` or `increasing`",
+    "EVALUATIONS": "`evaluations`",
     "_SEP": "the end of the statement",
     "$END": "the end of the statement",
 }
@@ -53,6 +65,14 @@ _KEYWORD_OF_TERMINAL = {
     "LR": "lr",
     "DECAY": "decay",
     "STATS": "stats",
+    "INCLUDE": "include",
+    "_PER": "per",
+    "_LAYER": "layer",
+    "FROM": "from",
+    "DOWN": "down",
+    "TO": "to",
+    "_WHEN": "when",
+    "_STOPS": "stops",
 }
 
 
@@ -63,6 +83,8 @@ _SPELLINGS: dict[str, tuple[str, ...]] = {
     **{t: (k,) for t, k in _KEYWORD_OF_TERMINAL.items() if t != "CLOCK"},
     "CLOCK": ("epochs", "epoch", "steps", "step"),
     "STATS_MODE": ("update", "freeze"),
+    "TREND": ("decreasing", "increasing"),
+    "EVALUATIONS": ("evaluations", "evaluation"),
 }
 #: Every keyword, longest first, so `unfreeze` is found before `freeze` and `epochs` before
 #: `epoch` when a run-on word is split.
@@ -121,8 +143,26 @@ def _term_order(t: str) -> tuple[int, str]:
         "_AT",
         "EVERY",
         "WARMUP",
+        "_WHEN",
+        "FROM",
+        "DOWN",
+        "TO",
+        "_PER",
+        "_LAYER",
+        "METRIC",
+        "_STOPS",
+        "TREND",
+        "EVALUATIONS",
+        "STRING",
     ]
     return (order.index(t) if t in order else len(order), t)
+
+
+#: What only a layer decay expects after a selector. The LALR tables share the state after a
+#: selector between every statement, so these are offered after any selector; drop them where
+#: they cannot follow.
+_LAYER_DECAY_ONLY = {"FROM", "DOWN", "TO"}
+_LAYER_DECAY_START = re.compile(r"\s*lr\s+decay\b")
 
 
 def split_run_on(word: str) -> list[str]:
@@ -148,7 +188,7 @@ def _run_on(found: str, expected: set[str]) -> str | None:
     """`found` split into words, when it starts with a keyword or number that was expected
     here but runs into the next word (`freezefc`, `forfc`, `3warmup`)."""
     pieces = split_run_on(found)
-    if len(pieces) < 2:
+    if len(pieces) < 2 or pieces[1:] == ["s"]:  # `layers` is a plural, not `layer s`
         return None
     first = pieces[0]
     wanted = any(first in _SPELLINGS.get(t, ()) for t in expected) or (
@@ -174,6 +214,8 @@ def syntax_diagnostic(
         assert isinstance(exc, UnexpectedCharacters)
         expected = set(exc.allowed or ())
         found_type = None
+    if not _LAYER_DECAY_START.match(text, statement_start(text, pos)):
+        expected -= _LAYER_DECAY_ONLY
     at_end = pos >= len(text) or text[pos] in "\n;" or found_type in ("$END", "_SEP")
     match = None if at_end else _WORD.match(text, pos)
     found = match.group() if match else ""
@@ -195,12 +237,15 @@ def syntax_diagnostic(
             f"{shown} runs words together; did you mean `{clip(split)}`{other}? (a keyword or"
             " number ends at a space, `,`, `;`, `#` or the end of the line)",
         )
-    if expected & {"FREEZE", "UNFREEZE", "LR", "DECAY", "STATS"}:
+    if "DECAY" in expected and "NUMBER" in expected:  # after `lr`: a rate, or `decay`
+        expected.discard("DECAY")
+    if expected & {"FREEZE", "UNFREEZE", "LR", "DECAY", "STATS", "INCLUDE"}:
         if found and found not in (",",):
             return diag(
                 "FP101",
                 f"unknown statement {shown}{_suggest(found, STATEMENT_KEYWORDS)}"
-                f" (a statement starts with `freeze`, `unfreeze`, `lr`, `decay` or `stats`)",
+                " (a statement starts with `freeze`, `unfreeze`, `lr`, `decay`, `stats` or"
+                " `include`)",
             )
     if expected and expected <= _SELECTOR_TERMINALS:
         if prev and prev.lower() == "except":
@@ -218,6 +263,17 @@ def syntax_diagnostic(
             return diag(
                 "FP104",
                 f"expected a whole number after `at {prev}`, as in `at {prev} 3`, found {shown}",
+            )
+        if prev == "for":
+            return diag(
+                "FP104",
+                "expected a whole number of evaluations after `for`, as in"
+                f" `for 2 evaluations`, found {shown}",
+            )
+        if prev == "decay" and "lr decay" in text[statement_start(text, pos) : pos]:
+            return diag(
+                "FP106",
+                f"expected a factor such as `0.75` after `lr decay`, found {shown}",
             )
         what = "learning rate" if prev == "lr" else "weight decay"
         return diag(
@@ -244,13 +300,24 @@ def syntax_diagnostic(
             f"expected `update` or `freeze` after `stats`, as in `stats update for bn1`,"
             f" found {shown}{hint}",
         )
+    if expected == {"METRIC"}:
+        return diag(
+            "FP103",
+            f"expected a metric name such as `val_loss` after `when`, found {shown}",
+        )
+    if expected == {"STRING"}:
+        return diag(
+            "FP103",
+            f'expected a path in double quotes after `include`, as in `include "base.freeze"`,'
+            f" found {shown}",
+        )
     if expected == {"_FOR"}:
         suggestion = _suggest(found, ("for",)) if found else ""
         return diag(
             "FP103",
             f"expected `for` after `{prev}`, as in `lr 1e-4 for fc`, found {shown}{suggestion}",
         )
-    if found and prev and prev.lower() in ("at", "except") and found_type != "COMMA":
+    if found and prev and prev.lower() in ("at", "except", "when") and found_type != "COMMA":
         # `freeze at epoch 3`: the keyword was read as a selector, so the selector is missing.
         # Point at the keyword (the selector belongs just before it), not at the word after it.
         kw = text.rfind(prev, 0, pos)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from .bound import BoundPolicy
+from .bound import BoundPolicy, Moment
 from .errors import Diagnostic
 from .policy import Policy
 from .rules import Decision
@@ -68,7 +68,6 @@ def tied_conflicts(
 ) -> list[Diagnostic]:
     """One FP205 diagnostic per tied group whose names the policy decides differently."""
     out: list[Diagnostic] = []
-    lines = policy.text.split("\n")
     for group in tied:
         if merge_tied(decisions, group) is not None:
             continue
@@ -86,19 +85,14 @@ def tied_conflicts(
             if st is not None
         ]
         st = max(statements, key=lambda s: (s.span.line, s.span.column)) if statements else None
-        line = st.span.line if st else None
-        out.append(
-            Diagnostic(
-                "FP205",
-                f"{' and '.join(f'`{n}`' for n in group)} are one tied tensor, but the policy "
-                f"decides them differently ({described}); select them together",
-                policy.source,
-                line,
-                st.span.column if st else None,
-                st.span.end_column if st and st.span.end_line == st.span.line else None,
-                lines[line - 1] if line and 0 < line <= len(lines) else None,
-            )
+        message = (
+            f"{' and '.join(f'`{n}`' for n in group)} are one tied tensor, but the policy "
+            f"decides them differently ({described}); select them together"
         )
+        if st is None:
+            out.append(Diagnostic("FP205", message, policy.source))
+        else:
+            out.append(policy.diagnostic("FP205", message, st))
     return out
 
 
@@ -106,21 +100,28 @@ def tied_conflicts_over_time(
     policy: Policy,
     bound: BoundPolicy,
     tied: Sequence[Sequence[str]],
-    moments: Sequence[tuple[int, int]],
+    moments: Sequence[Moment],
     steps_per_epoch: int | None = None,
 ) -> list[Diagnostic]:
     """`tied_conflicts` at every moment: each split once, with the moment it starts from
     (`... (from epoch 4)`) when that is not the start. Shared by `apply_policy` (an error) and
     `freezepolicy lint --model` (a warning)."""
     found: dict[str, Diagnostic] = {}
-    for epoch, step in moments:
-        decisions = bound.decisions(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch)
+    for epoch, step, fired in moments:
+        decisions = bound.decisions(
+            epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, fired=fired
+        )
         for d in tied_conflicts(policy, decisions, tied):
             if d.message in found:  # the same split, still there at a later moment
                 continue
-            if (epoch, step) != (0, 0):
+            if (epoch, step) != (0, 0) or fired:
                 when = [f"epoch {epoch}"] if epoch else []
                 when += [f"step {step}"] if step else []
+                when += [
+                    f"when line {policy.statements[i].line}'s condition has fired {len(m)} time"
+                    + ("s" if len(m) > 1 else "")
+                    for i, m in fired
+                ]
                 found[d.message] = replace(d, message=f"{d.message} (from {', '.join(when)})")
             else:
                 found[d.message] = d

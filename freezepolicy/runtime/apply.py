@@ -23,13 +23,15 @@ import math
 import operator
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import compress
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..lang.bound import Moment
+from ..lang.conditions import Fired
 from ..lang.errors import Diagnostic, PolicyResolveError
 from ..lang.policy import Policy
 from ..lang.rules import Decision
@@ -74,6 +76,7 @@ def apply_policy(
     steps_per_epoch: int | None = None,
     strict: bool = False,
     scheduler: Any = None,
+    fired: Mapping[int, Sequence[tuple[int, int]]] | None = None,
 ) -> ApplyReport:
     """Set `model` (and `optimizer`) to the state `policy` gives at (`epoch`, `step`).
 
@@ -97,6 +100,12 @@ def apply_policy(
     a `PolicyWarning` (once per policy and model). Every error (`PolicyError`; TypeError or
     ValueError for a wrong argument, or an optimizer or scheduler that cannot take the policy)
     is raised before anything changes.
+
+    `fired` says which groups of `when ... stops ...` statements have taken effect, and when:
+    the index of each such statement in `policy.statements` -> the moments (epoch, step) its
+    groups took effect, in order. The state is a function of (epoch, step, fired); the loop
+    helper `FreezeScheduler` and the framework callbacks keep `fired` and pass it. Without it,
+    no metric-driven group is in effect.
     """
     # The torch objects inside framework wrappers (accelerate's, Lightning's): wrappers.py.
     optimizer, scheduler = unwrap_optimizer(optimizer), unwrap_schedulers(scheduler)
@@ -110,12 +119,13 @@ def apply_policy(
     root, snap = snapshot(model)
     bkey, binding = bind(snap, policy, steps_per_epoch)
     binding.raise_errors()
+    fired_moments = binding.bound.fired(fired)
     if strict:
         nothing = [d for d in binding.diagnostics if d.code == "FP201"]
         if nothing:
             raise PolicyResolveError([dataclasses.replace(d, severity="error") for d in nothing])
 
-    order = binding.order_key(epoch, step)
+    order = binding.order_key(epoch, step, fired_moments)
     # The optimizer is part of the key so the cached report's groups are this optimizer's.
     state_key = (bkey, order, None if optimizer is None else id(optimizer))
     if (
@@ -125,7 +135,7 @@ def apply_policy(
     ):
         return dataclasses.replace(snap.last_report, epoch=epoch, step=step, changed=False)
 
-    decisions = binding.merged(epoch, step)
+    decisions = binding.merged(epoch, step, fired_moments)
     params = binding.params
     # map/attrgetter: these passes run over every tensor, 100k in a large model.
     current = list(map(_requires_grad, params))
@@ -145,7 +155,7 @@ def apply_policy(
         for i, (t, now, target) in enumerate(zip(decided, current, targets, strict=True))
         if t is False or (now and not target)
     ]
-    hold, release = _plan_norms(binding, snap, decisions, targets, epoch, step)
+    hold, release = _plan_norms(binding, snap, decisions, targets, epoch, step, fired_moments)
     plan = None
     state_plan = StatePlan()
     if optimizer is not None:
@@ -197,7 +207,9 @@ def apply_policy(
     if dist is not None:
         dist.sync_after_apply(model, source=policy.source)
 
-    report = _report(binding, snap, policy, decisions, targets, optimizer, found, epoch, step)
+    report = _report(
+        binding, snap, policy, decisions, targets, optimizer, found, (epoch, step, fired_moments)
+    )
     report = dataclasses.replace(report, changed=changed)
     snap.last, snap.last_report = state_key, report
     if optimizer is not None:
@@ -238,6 +250,7 @@ def _plan_norms(
     targets: Sequence[bool],
     epoch: int,
     step: int,
+    fired: Fired,
 ) -> tuple[list[nn.Module], list[nn.Module]]:
     """Which normalization layers to hold in eval mode and which to let go.
 
@@ -248,7 +261,7 @@ def _plan_norms(
     """
     position = {
         id(r.statement): n
-        for n, r in enumerate(binding.bound.order(epoch, step, binding.steps_per_epoch))
+        for n, r in enumerate(binding.bound.order(epoch, step, binding.steps_per_epoch, fired))
     }
     hold: list[nn.Module] = []
     release: list[nn.Module] = []
@@ -291,9 +304,9 @@ def _report(
     targets: Sequence[bool],
     optimizer: torch.optim.Optimizer | None,
     found: Sequence[Diagnostic],
-    epoch: int,
-    step: int,
+    moment: Moment,
 ) -> ApplyReport:
+    epoch, step, fired = moment
     # itertools.compress: these run over every tensor, 100k in a large model.
     names, elements = binding.names, binding.elements
     not_targets = [not t for t in targets]
@@ -302,7 +315,7 @@ def _report(
     untouched = tuple(compress(names, [t is None for t in map(_trainable, decisions)]))
     t_el = sum(compress(elements, targets))
     f_el = sum(compress(elements, not_targets))
-    active = {r.index for r in binding.bound.order(epoch, step, binding.steps_per_epoch)}
+    active = {r.index for r in binding.bound.order(epoch, step, binding.steps_per_epoch, fired)}
     totals = binding.rule_totals()
     statements = [
         StatementReport(rule.statement.line, rule.label, *totals[rule.index], rule.index in active)
@@ -328,7 +341,7 @@ def _report(
             )
     # Made as they are looked up: most programs read a few, and a model can have 100k.
     per_name = binding.bound.decisions(
-        epoch=epoch, step=step, steps_per_epoch=binding.steps_per_epoch
+        epoch=epoch, step=step, steps_per_epoch=binding.steps_per_epoch, fired=fired
     )
     warnings = [d.format() for d in found]
     return ApplyReport(

@@ -18,12 +18,13 @@ from torch import nn
 
 from ..lang.api import load
 from ..lang.checks import check_names
+from ..lang.conditions import NOTHING_FIRED, Fired
 from ..lang.errors import PolicyResolveError
 from ..lang.policy import Policy
 from ..lang.rules import Decision, Rate
 from ..lang.tied import merge_tied, tied_conflicts, tied_conflicts_over_time
 from . import norm
-from .modelinfo import inspect_model, parameter_ids, unwrap
+from .modelinfo import inspect_model, parameter_ids, shapes_of, unwrap
 from .rates import Rates, idle_rate, normal_rate, timeline_key
 from .report import ApplyReport
 from .requires_grad import timeline_problems
@@ -47,7 +48,9 @@ class Binding:
     def __init__(self, policy: Policy, snap: ModelSnapshot, steps_per_epoch: int | None) -> None:
         self.policy = policy
         self.steps_per_epoch = steps_per_epoch
-        self.bound = policy.bind(snap.names, snap.module_types)
+        # Shapes only when a selector asks for them: a tuple per tensor costs 100k tuples.
+        shapes = shapes_of(snap.params) if policy.has_shape_selectors else None
+        self.bound = policy.bind(snap.names, snap.module_types, shapes)
         self.tied = snap.tied
         # One entry per tensor, under its first name; tied names grouped with it. Tensors whose
         # names the policy cannot tell apart share a class: the signature of its name, or the
@@ -79,8 +82,10 @@ class Binding:
         #: Name-level findings (FP201 selects nothing, FP202/FP204 never effective).
         self.diagnostics = [
             d
-            for d in check_names(policy, snap.names, snap.module_types, bound=self.bound)
-            if d.code != "FP203"
+            for d in check_names(
+                policy, snap.names, snap.module_types, shapes=shapes, bound=self.bound
+            )
+            if d.code not in ("FP203", "FP230")
         ]
         self.keys: list[str] = []
         self.timelines: dict[str, tuple[Rates, ...]] = {}
@@ -128,18 +133,20 @@ class Binding:
                 self.class_sigs.append(key if isinstance(key, tuple) else (key,))
             self.tclass.append(c)
 
-    def order_key(self, epoch: int, step: int) -> tuple[int, ...]:
+    def order_key(self, epoch: int, step: int, fired: Fired = NOTHING_FIRED) -> tuple[int, ...]:
         # The active rules and the progress of warm-ups: equal keys give equal decisions.
-        return self.bound.state_key(epoch, step, self.steps_per_epoch)
+        return self.bound.state_key(epoch, step, self.steps_per_epoch, fired)
 
-    def class_decisions(self, epoch: int, step: int) -> list[Decision]:
+    def class_decisions(
+        self, epoch: int, step: int, fired: Fired = NOTHING_FIRED
+    ) -> list[Decision]:
         """One decision per class at this moment (tied names merged)."""
-        key = self.order_key(epoch, step)
+        key = self.order_key(epoch, step, fired)
         cached = self._class_decisions.get(key)
         if cached is not None:
             return cached
         templates = self.bound.decide_signatures(
-            epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch
+            epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch, fired=fired
         )
         out: list[Decision] = []
         for names, sigs in zip(self.class_names, self.class_sigs, strict=True):
@@ -149,7 +156,7 @@ class Binding:
             merged = merge_tied(dict(zip(names, [templates[s] for s in sigs], strict=True)), names)
             if merged is None:  # only reachable past MAX_MOMENTS: check at the moment itself
                 decisions = self.bound.decisions(
-                    epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch
+                    epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch, fired=fired
                 )
                 raise PolicyResolveError(tied_conflicts(self.policy, decisions, [names]))
             out.append(merged)
@@ -158,24 +165,24 @@ class Binding:
         self._class_decisions[key] = out
         return out
 
-    def merged(self, epoch: int, step: int) -> list[Decision]:
+    def merged(self, epoch: int, step: int, fired: Fired = NOTHING_FIRED) -> list[Decision]:
         """One decision per tensor at this moment (tied names merged).
 
         Tensors of one class share one Decision object, whose `name` is that of the class's
         first tensor: read the settings, not the name.
         """
-        key = self.order_key(epoch, step)
+        key = self.order_key(epoch, step, fired)
         if self._merged is not None and self._merged[0] == key:
             return self._merged[1]
-        per_class = self.class_decisions(epoch, step)
+        per_class = self.class_decisions(epoch, step, fired)
         out = [per_class[c] for c in self.tclass]
         self._merged = (key, out)
         return out
 
     def _group(self) -> None:
         timelines: list[list[Rates]] = [[] for _ in self.class_names]
-        for epoch, step in self.moments:
-            for c, d in enumerate(self.class_decisions(epoch, step)):
+        for epoch, step, fired in self.moments:
+            for c, d in enumerate(self.class_decisions(epoch, step, fired)):
                 timelines[c].append((normal_rate(d.lr), normal_rate(d.weight_decay)))
         class_keys = []
         for t in timelines:
@@ -239,7 +246,7 @@ class ModelSnapshot:
     module_types: dict[str, frozenset[str]]
     #: Normalization layers with running statistics: (path, weak reference, parameter ids).
     norms: list[tuple[str, weakref.ref, tuple[int, ...]]]
-    bindings: dict[tuple[str, str, int | None], Binding] = field(default_factory=dict)
+    bindings: dict[tuple, Binding] = field(default_factory=dict)
     #: id -> requires_grad of each tensor before freezepolicy first changed it in this model
     #: ("untouched" restores it). Ids are safe keys: `params` keeps the tensors alive.
     originals: dict[int, bool] = field(default_factory=dict)
@@ -269,8 +276,20 @@ class ModelSnapshot:
 _MODELS: weakref.WeakKeyDictionary[nn.Module, ModelSnapshot] = weakref.WeakKeyDictionary()
 
 
-#: Policies loaded from paths, by (path, mtime, size), so an apply at every step does not re-parse.
-_LOADED: dict[tuple[str, int, int], Policy] = {}
+#: Policies loaded from paths, by (path, mtime, size), so an apply at every step does not re-parse;
+#: each with the (path, mtime, size) of every file it includes, checked at every hit.
+_LOADED: dict[tuple[str, int, int], tuple[Policy, tuple]] = {}
+
+
+def _stamps(paths: Sequence[str]) -> tuple:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ()  # gone: load again, which says why
+        out.append((path, st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 def snapshot(model: nn.Module) -> tuple[nn.Module, ModelSnapshot]:
@@ -318,17 +337,19 @@ def as_policy(policy: Policy | str | os.PathLike[str]) -> Policy:
         return load(path)  # raises the proper PolicySourceError
     key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
     cached = _LOADED.get(key)
-    if cached is None:
-        cached = load(path)
-        if len(_LOADED) >= 64:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = cached
-    return cached
+    if cached is not None and _stamps(list(cached[0].included)) == cached[1]:
+        return cached[0]
+    policy = load(path)
+    if len(_LOADED) >= 64:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = (policy, _stamps(list(policy.included)))
+    return policy
 
 
-def _binding_key(policy: Policy, steps_per_epoch: int | None) -> tuple[str, str, int | None]:
-    # By text, not identity: the same file loaded twice is the same policy.
-    return (policy.source, policy.text, steps_per_epoch)
+def _binding_key(policy: Policy, steps_per_epoch: int | None) -> tuple:
+    # By text, not identity: the same file loaded twice is the same policy (with the same
+    # files included).
+    return (policy.source, policy.text, tuple(policy.included.items()), steps_per_epoch)
 
 
 def bind(

@@ -21,8 +21,8 @@ def ever_trainable(snap: ModelSnapshot, binding: Binding) -> list[int]:
     """Indices (in the binding) of the tensors the policy makes trainable at some moment; a tensor
     no statement decides counts as the model had it before freezepolicy changed it."""
     out: set[int] = set()
-    for epoch, step in binding.moments:
-        for i, decision in enumerate(binding.merged(epoch, step)):
+    for epoch, step, fired in binding.moments:
+        for i, decision in enumerate(binding.merged(epoch, step, fired)):
             trainable = decision.trainable
             if trainable is None:  # untouched: as the model had it before freezepolicy
                 trainable = snap.original(binding.params[i])

@@ -13,7 +13,7 @@ stay in the names for selectors to use.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -224,3 +224,8 @@ def parameter_ids(model: nn.Module) -> tuple[int, ...]:
 
 def is_meta(param: torch.Tensor) -> bool:
     return param.device.type == "meta"
+
+
+def shapes_of(params: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Each parameter name's shape, for the `ndim` selectors of a policy."""
+    return {name: tuple(p.shape) for name, p in params.items()}

@@ -57,8 +57,8 @@ def timeline_problems(binding: Binding) -> list[Diagnostic]:
     wanted: dict[int, set[bool]] = {}  # class -> values its decisions give at some moment
     classes = {binding.tclass[i] for i in fixed}
     by: dict[tuple[int, bool], Statement | None] = {}
-    for epoch, step in binding.moments:
-        decisions = binding.class_decisions(epoch, step)
+    for epoch, step, fired in binding.moments:
+        decisions = binding.class_decisions(epoch, step, fired)
         for c in classes:
             t = decisions[c].trainable
             if t is not None:
@@ -110,7 +110,6 @@ def _diagnostics(
         key = (id(st), value)
         grouped.setdefault(key, []).append(i)
         statement_of[id(st)] = st
-    lines = policy.text.split("\n")
     out = []
     for (sid, value), indices in grouped.items():
         st = statement_of[sid]
@@ -130,21 +129,8 @@ def _diagnostics(
                 "requires gradients and cannot be frozen"
             )
         message = f"{why}: leave {'it' if len(indices) == 1 else 'them'} out with `except`"
-        out.append(_located(policy, lines, message, st))
+        if st is None:
+            out.append(Diagnostic(CODE, message, policy.source))
+        else:
+            out.append(policy.diagnostic(CODE, message, st))
     return out
-
-
-def _located(policy: Policy, lines: list[str], message: str, st: Statement | None) -> Diagnostic:
-    """The diagnostic at statement `st` (at the file when there is none)."""
-    if st is None or not st.span.line:
-        return Diagnostic(CODE, message, policy.source)
-    span = st.span
-    return Diagnostic(
-        CODE,
-        message,
-        policy.source,
-        span.line,
-        span.column,
-        span.end_column if span.end_line == span.line else None,
-        lines[span.line - 1] if span.line <= len(lines) else None,
-    )

@@ -14,7 +14,10 @@ import sys
 import warnings
 from collections.abc import Iterable
 
+from ..lang.conditions import MetricWatch
 from ..lang.errors import Diagnostic, PolicyWarning
+from ..lang.policy import Policy
+from ..lang.syntax import clip
 
 #: Top-level packages whose frames a warning skips: freezepolicy itself, and the frameworks that
 #: call it from their own loops (the Trainer's callback handler, a hook run by torch), so the
@@ -56,3 +59,25 @@ def warn_once(seen: set[tuple[str, str]], scope: str, diagnostics: Iterable[Diag
             continue
         warnings.warn(PolicyWarning(d), stacklevel=user_stacklevel())
         seen.add(key)
+
+
+def warn_never_observed(policy: Policy, watch: MetricWatch) -> list[Diagnostic]:
+    """At the end of training: a PolicyWarning (FP231) for each metric-driven statement whose
+    metric no observation held, so a misspelled or never-logged metric does not leave its groups
+    frozen in silence. Returns the diagnostics warned about."""
+    found = []
+    for index, metric in watch.never_observed():
+        st = policy.statements[index]
+        found.append(
+            policy.diagnostic(
+                "FP231",
+                f"`{metric}` was never observed, so `{clip(str(st))}` never took effect"
+                f"{watch.suggestion(metric)}",
+                st,
+                st.condition,
+                severity="warning",
+            )
+        )
+    for d in found:
+        warn(d)
+    return found

@@ -403,16 +403,16 @@ def _anticipated_sets(model: nn.Module, policy: Policy | str | os.PathLike[str])
     """The trainable sets (parameter ids) `policy` gives `model` at each of its moments."""
     from ...lang.api import load
     from ...lang.errors import PolicyError
-    from ..modelinfo import inspect_model
+    from ..modelinfo import inspect_model, shapes_of
 
     if not isinstance(policy, Policy):
         policy = load(policy)
     info = inspect_model(model)
-    bound = policy.bind(info.names, info.module_types)
+    bound = policy.bind(info.names, info.module_types, shapes_of(info.params))
     sets = []
-    for epoch, step in bound.moments():
+    for epoch, step, fired in bound.moments():
         try:
-            decisions = bound.resolve(epoch=epoch, step=step)
+            decisions = bound.resolve(epoch=epoch, step=step, fired=fired)
         except PolicyError as exc:  # a warm-up that needs steps_per_epoch: trainability is known
             warnings.warn(
                 f"freezepolicy.cache_frozen: cannot anticipate {policy.source}: {exc}",
