@@ -27,6 +27,15 @@ def _diag(
     return policy.diagnostic(code, message, st, node, severity)
 
 
+def _needs_model(sel: object, no_types: bool, no_shapes: bool) -> tuple[str, str] | None:
+    """The note code and what `sel` selects by, when it cannot be evaluated on names alone."""
+    if isinstance(sel, TypePattern) and no_types:
+        return "FP203", "module type"
+    if isinstance(sel, ShapePattern) and no_shapes:
+        return "FP230", "tensor shape"
+    return None
+
+
 def check_names(
     policy: Policy,
     names: Sequence[str],
@@ -53,27 +62,14 @@ def check_names(
     silent: set[int] = set()  # statements with a selector we cannot evaluate or that is empty
     for index, st in enumerate(policy.statements):
         for sel in st.selection.selectors:
-            if isinstance(sel, TypePattern) and module_types is None:
+            unknown = _needs_model(sel, module_types is None, shapes is None)
+            if unknown is not None:
+                code, what = unknown
                 out.append(
                     _diag(
                         policy,
-                        "FP203",
-                        f"`{sel}` selects by module type, which needs a model; "
-                        "check it with `--model`",
-                        sel,
-                        st,
-                        severity="note",
-                    )
-                )
-                silent.add(index)
-                continue
-            if isinstance(sel, ShapePattern) and shapes is None:
-                out.append(
-                    _diag(
-                        policy,
-                        "FP230",
-                        f"`{sel}` selects by tensor shape, which needs a model; "
-                        "check it with `--model`",
+                        code,
+                        f"`{sel}` selects by {what}, which needs a model; check it with `--model`",
                         sel,
                         st,
                         severity="note",
