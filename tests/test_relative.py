@@ -4,7 +4,10 @@ against an independent reference written from the documented meaning."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -218,3 +221,52 @@ def test_binding_agrees_with_the_reference(names: list[str], selector: tuple[str
     got = selected(f"freeze {text}", names)
     want = [n for n in names if _reference(pattern, anchored, n, names)]
     assert got == want, (text, names)
+
+
+# --- the same through apply_policy and the command line ---------------------------------------
+
+
+@pytest.mark.parametrize("depth", [3, 5])
+def test_apply_policy_trains_the_last_two_blocks_of_any_depth(depth: int) -> None:
+    transformers = pytest.importorskip("transformers")
+    from model_factories import tiny_bert_config
+
+    model = transformers.BertForSequenceClassification(
+        tiny_bert_config(num_hidden_layers=depth, num_labels=2)
+    )
+    freezepolicy.apply_policy(
+        model,
+        freezepolicy.parse("freeze *\nunfreeze bert.encoder.layer.-2..-1, classifier"),
+        strict=True,
+    )
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert blocks_of([n for n in trainable if ".layer." in n]) == [depth - 2, depth - 1]
+    assert {n for n in trainable if ".layer." not in n} == {"classifier.weight", "classifier.bias"}
+
+
+def _cli(*args: str, cwd) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "freezepolicy", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_lint_names_lint_model_and_show_resolve_indices_from_the_end(tmp_path) -> None:
+    (tmp_path / "p.freeze").write_text("freeze *\nunfreeze encoder.layer.-2..-1, classifier\n")
+    (tmp_path / "deep.txt").write_text("\n".join(bert_names(7, "bert.")) + "\n")
+    (tmp_path / "flat.txt").write_text("fc.weight\nencoder.layer.weight\nclassifier.weight\n")
+    assert _cli("lint", "p.freeze", "--names", "deep.txt", cwd=tmp_path) == (0, "", "")
+    code, out, _ = _cli("lint", "p.freeze", "--names", "flat.txt", cwd=tmp_path)
+    assert code == 1 and "p.freeze:2:10: warning:" in out and "[FP201]" in out
+    spec = "transformers:bert/sequence-classification"  # 12 blocks in the default config
+    assert _cli("lint", "p.freeze", "--model", spec, cwd=tmp_path) == (0, "", "")
+    code, out, err = _cli("show", "p.freeze", "--model", spec, "--format", "json", cwd=tmp_path)
+    assert code == 0, err
+    states = {m["path"]: m["state"] for m in json.loads(out)["modules"]}
+    assert [b for b in range(12) if states[f"bert.encoder.layer.{b}"] == "trainable"] == [10, 11]
+    assert states["classifier"] == "trainable" and states["bert.embeddings"] == "frozen"
