@@ -314,7 +314,8 @@ def _plot_cache(ax: Any, cached: Sequence[RunResult], results: Sequence[RunResul
         (e.cpu_seconds for r in cached for e in r.history.epochs), default=1.0
     )
     ax.set_xlim(0, longest * 1.45)
-    ax.set_xlabel("with cache_frozen: CPU seconds per epoch")
+    epochs = max(len(r.history.epochs) for r in cached)
+    ax.set_xlabel(f"with cache_frozen, {epochs} epochs a run: CPU seconds per epoch")
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(loc="lower right", fontsize=8)
