@@ -237,6 +237,18 @@ def test_the_package_keeps_its_layers() -> None:
     assert list(problems(modules)) == []
 
 
+def test_docs_architecture_names_every_module() -> None:
+    """docs/architecture.md is the map of the package: a module it does not name is a module a
+    newcomer cannot place (package markers and `__main__` entry points aside)."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name not in ("__init__.py", "__main__.py") and path.name not in text
+    ]
+    assert missing == []
+
+
 def test_the_console_script_and_public_names_are_where_pyproject_and_docs_say() -> None:
     pyproject = (PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8")
     assert 'freezepolicy = "freezepolicy.cli.main:main"' in pyproject
