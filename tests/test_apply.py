@@ -257,7 +257,8 @@ def test_bad_moments_are_rejected(resnet18):
 
 def test_report_text_and_data(resnet18):
     policy = fp.parse("freeze *\nunfreeze fc\nunfreeze layer4 at epoch 3\nfreeze head", "p.freeze")
-    report = fp.apply_policy(resnet18, policy)
+    with pytest.warns(fp.PolicyWarning, match=r"selector `head` matches no parameter \[FP201\]"):
+        report = fp.apply_policy(resnet18, policy)
     text = str(report)
     assert text.startswith("p.freeze at epoch 0, step 0:")
     assert "trainable:     2 tensors" in text and "frozen:       60 tensors" in text
@@ -278,7 +279,8 @@ def test_report_text_and_data(resnet18):
 
 def test_strict_makes_an_empty_selection_an_error(resnet18):
     policy = fp.parse("freeze *\nunfreeze classifier", "p.freeze")
-    report = fp.apply_policy(resnet18, policy)
+    with pytest.warns(fp.PolicyWarning, match=r"p\.freeze:2:10: .*`classifier` .*\[FP201\]"):
+        report = fp.apply_policy(resnet18, policy)
     assert [d.code for d in report.diagnostics] == ["FP201"]
     with pytest.raises(fp.PolicyResolveError) as info:
         fp.apply_policy(resnet18, policy, strict=True)
@@ -353,7 +355,9 @@ def test_bert_last_blocks_for_both_heads():
 
     policy = fp.parse("freeze *\nunfreeze encoder.layer.1, pooler, classifier")
     bare = BertModel(tiny_bert_config())
-    report = fp.apply_policy(bare, policy)
+    # The bare model has no head: the policy's `classifier` is for the other one.
+    with pytest.warns(fp.PolicyWarning, match=r"`classifier` matches no parameter \[FP201\]"):
+        report = fp.apply_policy(bare, policy)
     trainable = {n for n, p in bare.named_parameters() if p.requires_grad}
     assert trainable == set(report.trainable)
     assert trainable and all(n.startswith(("encoder.layer.1.", "pooler.")) for n in trainable)

@@ -433,7 +433,13 @@ def test_a_checkpoint_of_a_callback_only_run_resumes_with_attach(
 ) -> None:
     # The callback alone splits the Trainer's groups at on_train_begin, attach at creation: the
     # same groups, so the runs are the same and either's checkpoint resumes with attach.
-    alone = train(tmp_path / "alone", RESUME_POLICY, save_strategy="steps", save_steps=6)
+    # It says so when it checkpoints: this run's checkpoints resume only with attach.
+    with pytest.warns(
+        fp.PolicyWarning,
+        match=r"split the Trainer's optimizer .* resume only with "
+        r"freezepolicy\.integrations\.hf\.attach\(trainer, policy\) .*\[FP214\]",
+    ):
+        alone = train(tmp_path / "alone", RESUME_POLICY, save_strategy="steps", save_steps=6)
     assert optimizer_layout(alone.trainer) == optimizer_layout(resume_full.trainer)
     assert changed(resume_full.final, alone.final, list(alone.final)) == []
     checkpoint = alone.out / "checkpoint-6"

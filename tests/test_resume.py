@@ -528,6 +528,8 @@ def statements(draw: st.DrawFn) -> str:
     return text
 
 
+# Random policies legitimately warn (FP202 `freeze fc1` twice, ...); resuming is what is checked.
+@pytest.mark.filterwarnings("ignore::freezepolicy.PolicyWarning")
 @pytest.mark.usefixtures("one_thread")
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
