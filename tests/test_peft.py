@@ -27,11 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LORA = ROOT / "policies" / "lora.freeze"
 PREFIX = "base_model.model."
 
-pytestmark = [
-    pytest.mark.usefixtures("one_torch_thread"),
-    # transformers 5 deprecates a name that peft 0.21 still calls: not ours to fix.
-    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
-]
+# (peft 0.21's FutureWarning about transformers' `is_gradient_checkpointing` is ignored for the
+# whole suite in pyproject.toml: lora.freeze's lint test builds a PEFT model too.)
+pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 
 
 def trainable(model: torch.nn.Module) -> set[str]:
