@@ -75,6 +75,19 @@ def test_a_tensor_changed_in_place_after_binding_is_checked_at_the_apply() -> No
     assert [p.requires_grad for p in model.parameters()] == [True, True, False, False]
 
 
+def test_a_tensor_changed_after_param_groups_bound_the_policy_is_checked_at_the_apply() -> None:
+    """param_groups binds the policy first; what that binding found of the tensors' dtypes is
+    not reused by the first apply after the change."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    policy = fp.parse("freeze 1\nunfreeze * at epoch 1")
+    fp.param_groups(model, policy, lr=0.1)
+    model[1].bias.requires_grad_(False)  # torch allows integer data only on a frozen tensor
+    model[1].bias.data = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(fp.PolicyResolveError, match=r"`1\.bias` \(int64\)"):
+        fp.apply_policy(model, policy, epoch=1)
+    assert [p.requires_grad for p in model.parameters()] == [True, True, True, False]
+
+
 def test_freezing_a_non_leaf_parameter_is_an_error_before_any_change() -> None:
     model = nn.Linear(2, 2)
     # A computed tensor in a parameter slot (reparametrization done by hand).

@@ -117,7 +117,7 @@ def apply_policy(
     epoch, step = resolve_moment(epoch, step, steps_per_epoch)
     policy = as_policy(policy)
     root, snap = snapshot(model)
-    bkey, binding = bind(snap, policy, steps_per_epoch)
+    bkey, binding = bind(snap, policy, steps_per_epoch, keep_fixed=True)
     binding.raise_errors()
     fired_moments = binding.bound.fired(fired)
     if strict:
@@ -145,9 +145,9 @@ def apply_policy(
     targets = [
         t if t is not None else original[id(p)] for t, p in zip(decided, params, strict=True)
     ]
+    fixed = binding.take_fixed()  # None unless this call made the binding
     if current != targets:  # FP210: a flag torch cannot set, found before setting any
-        by = [d.trainable_by for d in decisions]
-        check_changes(policy, binding.names, params, current, targets, by)
+        check_changes(policy, binding.names, params, current, targets, decisions, fixed)
     # Tensors that must end with no gradient and no optimizer state: frozen by the policy, or
     # trainable until now and frozen by this apply (back to an untouched frozen original).
     cleared = [

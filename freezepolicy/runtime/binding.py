@@ -27,7 +27,7 @@ from . import norm
 from .modelinfo import inspect_model, parameter_ids, shapes_of, unwrap
 from .rates import Rates, idle_rate, normal_rate, timeline_key
 from .report import ApplyReport
-from .requires_grad import timeline_problems
+from .requires_grad import fixed_indices, timeline_problems
 
 #: Above this many (epoch, step) combinations the timeline falls back to BoundPolicy.moments().
 MAX_MOMENTS = 10_000
@@ -91,10 +91,21 @@ class Binding:
         self.timelines: dict[str, tuple[Rates, ...]] = {}
         self.idle: dict[str, Rate | None] = {}
         self._rule_totals: dict[int, tuple[int, int]] | None = None
+        #: The tensors that cannot be set both ways, as found while binding: the apply that
+        #: made this binding takes them (`take_fixed`, see `bind`) instead of looking again
+        #: (14 ms at 100k tensors); any later apply looks again, since a tensor's dtype can
+        #: change in between.
+        self._fixed: list[int] | None = None
         if not self.errors:
             self._group()
+            self._fixed = fixed_indices(self.params)
             #: FP210: a tensor whose requires_grad the policy sets and torch cannot.
-            self.errors = timeline_problems(self)
+            self.errors = timeline_problems(self, self._fixed)
+
+    def take_fixed(self) -> list[int] | None:
+        """`fixed_indices(self.params)` as binding found it, once; None after that."""
+        fixed, self._fixed = self._fixed, None
+        return fixed
 
     def _untied(self, snap: ModelSnapshot) -> None:
         """Tensors and classes when no tensor has several names: a class per signature."""
@@ -353,12 +364,19 @@ def _binding_key(policy: Policy, steps_per_epoch: int | None) -> tuple:
 
 
 def bind(
-    snap: ModelSnapshot, policy: Policy, steps_per_epoch: int | None
+    snap: ModelSnapshot, policy: Policy, steps_per_epoch: int | None, *, keep_fixed: bool = False
 ) -> tuple[tuple, Binding]:
+    """The binding of `policy` to the model of `snap`, made once per policy and kept.
+    `keep_fixed=True` (apply_policy) lets a binding made by this call hand its caller what it
+    found of the tensors that cannot be set both ways (`Binding.take_fixed`); otherwise, and
+    for a binding made earlier, that is dropped, so no later call reads it stale."""
     key = _binding_key(policy, steps_per_epoch)
     binding = snap.bindings.get(key)
+    made = binding is None
     if binding is None:
         binding = snap.bindings[key] = Binding(policy, snap, steps_per_epoch)
+    if not (made and keep_fixed):
+        binding.take_fixed()
     return key, binding
 
 

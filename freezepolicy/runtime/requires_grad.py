@@ -25,6 +25,7 @@ import torch
 from ..lang.errors import Diagnostic, PolicyResolveError
 from ..lang.nodes import Statement
 from ..lang.policy import Policy
+from ..lang.rules import Decision
 
 if TYPE_CHECKING:
     from .binding import Binding
@@ -39,7 +40,7 @@ def can_train(p: torch.Tensor) -> bool:
     return p.dtype.is_floating_point or p.dtype.is_complex
 
 
-def _fixed(params: Sequence[torch.Tensor]) -> list[int]:
+def fixed_indices(params: Sequence[torch.Tensor]) -> list[int]:
     """Indices of the tensors whose requires_grad cannot be set both ways: two C-level passes
     when every tensor can (the usual case)."""
     if all(map(_is_leaf, params)) and all(
@@ -49,9 +50,9 @@ def _fixed(params: Sequence[torch.Tensor]) -> list[int]:
     return [i for i, p in enumerate(params) if not (p.is_leaf and can_train(p))]
 
 
-def timeline_problems(binding: Binding) -> list[Diagnostic]:
-    """FP210 diagnostics for the whole timeline of `binding`."""
-    fixed = _fixed(binding.params)
+def timeline_problems(binding: Binding, fixed: Sequence[int]) -> list[Diagnostic]:
+    """FP210 diagnostics for the whole timeline of `binding`, whose tensors `fixed`
+    (`fixed_indices`) cannot be set both ways."""
     if not fixed:
         return []
     wanted: dict[int, set[bool]] = {}  # class -> values its decisions give at some moment
@@ -79,13 +80,17 @@ def check_changes(
     params: Sequence[torch.Tensor],
     current: Sequence[bool],
     targets: Sequence[bool],
-    statements: Sequence[Statement | None],
+    decisions: Sequence[Decision],
+    fixed: Sequence[int] | None = None,
 ) -> None:
-    """Raise FP210 for a tensor this apply would set and cannot (before any change)."""
+    """Raise FP210 for a tensor this apply would set and cannot (before any change); `fixed`
+    is `fixed_indices(params)` when the caller has it already."""
+    # Only the tensors that cannot be set both ways can refuse: found in two C-level passes,
+    # where a Python test of every tensor costs 40 ms at 100k tensors.
     bad = [
-        (i, t, statements[i])
-        for i, (p, now, t) in enumerate(zip(params, current, targets, strict=True))
-        if now != t and _refuses(p, t)
+        (i, targets[i], decisions[i].trainable_by)
+        for i in (fixed_indices(params) if fixed is None else fixed)
+        if current[i] != targets[i] and _refuses(params[i], targets[i])
     ]
     if bad:
         raise PolicyResolveError(_diagnostics(policy, names, params, bad))
