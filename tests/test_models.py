@@ -224,6 +224,12 @@ def auto_model(head_class: str, model_type: str) -> torch.nn.Module:
         ),
         ("transformers:vit", "AutoModel", "ViTModel"),
         ("transformers:whisper/base", "AutoModel", "WhisperModel"),
+        (
+            "transformers:t5/seq-to-seq-causal-lm",
+            "AutoModelForSeq2SeqLM",
+            "T5ForConditionalGeneration",
+        ),
+        ("transformers:t5", "AutoModel", "T5Model"),
     ],
 )
 def test_any_model_type_builds_with_the_head_transformers_auto_classes_pick(spec, auto, cls):
