@@ -257,3 +257,51 @@ def test_values_that_depend_on_the_rest_of_the_batch_are_not_cached(how: str, me
     # equal up to float32 rounding, see RTOL).
     assert_same_runs(a, b, exact=False)
     assert cached.stats().hits == 3  # only fc1's output, before the mixing, is cached
+
+
+def test_autocast_is_part_of_the_call_signature() -> None:
+    """A capture made inside torch.autocast computes in its dtype: calls inside and outside
+    autocast each get their own capture and values, in either order, and match the model."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 4))
+    freezepolicy.apply_policy(model, freezepolicy.parse("freeze *\nunfreeze 2"))
+    x = torch.randn(8, 16) * 100  # large enough that bfloat16 rounding shows
+    for first in (True, False):
+        cached = freezepolicy.cache_frozen(model)
+        for autocast in (first, not first, first, not first):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                got, want = cached(x), model(x)
+            assert got.dtype == want.dtype == (torch.bfloat16 if autocast else torch.float32)
+            assert torch.equal(got, want)
+        stats = cached.stats()
+        assert (stats.captures, stats.hits, stats.misses) == (2, 16, 16)
+
+
+class _Scaled(nn.Module):
+    """A forward that reads a plain attribute and a plain tensor attribute (no buffer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 3)
+        self.temperature = 1.0
+        self.shift = torch.ones(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x) * self.temperature + self.shift))
+
+
+def test_invalidate_forgets_the_captures_that_hold_plain_attributes() -> None:
+    """Plain attributes are constants of the capture (docs/caching.md, "What it cannot see"):
+    after changing one, invalidate() makes the cached model compute what the model does."""
+    torch.manual_seed(0)
+    model = _Scaled()
+    freezepolicy.apply_policy(model, freezepolicy.parse("freeze *\nunfreeze head"))
+    cached = freezepolicy.cache_frozen(model)
+    x = torch.randn(6, 8)
+    assert torch.equal(cached(x), model(x))
+    model.temperature = 2.0
+    model.shift = torch.full((16,), 3.0)
+    cached.invalidate()
+    assert torch.equal(cached(x), model(x))
+    assert cached.stats().captures == 2

@@ -81,12 +81,14 @@ def test_changed_frozen_tensors_invalidate_exactly_what_they_change() -> None:
     cached.load_state_dict(other)  # the wrapper's state dict is the model's, same keys
     assert cached.state_dict().keys() == model.state_dict().keys() == other.keys()
     assert torch.equal(cached(x), model(x)) and cached.stats().misses == 12
-    # `.data` edits bypass the version counters; `invalidate()` is for them.
+    # `.data` edits bypass the version counters; `invalidate()` is for them (it drops the
+    # capture too, for the plain attributes a capture holds as constants).
     model.layer1.conv1.weight.data.mul_(3)
     cached.invalidate()
     assert torch.equal(cached(x), model(x)) and cached.stats().misses == 16
+    assert cached.stats().captures == 2
     model.fc = nn.Linear(16, 5)  # a replaced module: a new capture with its tensors
-    assert torch.equal(cached(x), model(x)) and cached.stats().captures == 2
+    assert torch.equal(cached(x), model(x)) and cached.stats().captures == 3
 
 
 def test_random_augmentation_misses_and_stays_exact() -> None:

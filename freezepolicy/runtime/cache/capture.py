@@ -104,6 +104,20 @@ def hooked_modules(model: nn.Module) -> list[str]:
     return out
 
 
+#: The device types whose autocast state a capture depends on.
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def autocast_state() -> tuple[Any, ...]:
+    """The autocast regions the call runs in, per device type (enabled, dtype): export records
+    the casts autocast makes, so a capture made inside `torch.autocast` computes in its dtype and
+    one made outside does not; each is a signature of its own."""
+    return tuple(
+        torch.get_autocast_dtype(d) if torch.is_autocast_enabled(d) else None
+        for d in AUTOCAST_DEVICES
+    )
+
+
 def model_state(model: nn.Module) -> tuple[tuple[bool, ...], tuple[int, ...]]:
     """What a capture of `model` depends on besides the inputs, read in one walk: each module's
     effective mode (a held normalization layer counts as eval, as it runs) and the identity of

@@ -39,6 +39,7 @@ from .capture import (
     Capture,
     CaptureError,
     Inputs,
+    autocast_state,
     capture,
     flatten_inputs,
     hooked_modules,
@@ -175,8 +176,13 @@ class CachedModule(nn.Module):
         self._base = {"evicted": c.evicted, "invalidated": c.invalidated}
 
     def invalidate(self) -> None:
-        """Forget every cached value (for a change no version counter records, such as an
-        in-place edit through `param.data`)."""
+        """Forget every cached value and every capture, for a change the cache cannot see: an
+        in-place edit through `param.data` (no version counter records it), or a plain
+        attribute the model's forward reads (`self.temperature = 2.0`, a tensor attribute that
+        is neither a parameter nor a buffer), which the capture holds as a constant."""
+        self._captures.clear()
+        self._refused.clear()
+        self._serving.clear()
         self._store.clear()
 
     # --- forward ------------------------------------------------------------------------------
@@ -191,12 +197,10 @@ class CachedModule(nn.Module):
             return self._uncached(str(exc), args, kwargs)
         modes, ids = model_state(model)
         if ids != self._ids:  # parameters or buffers replaced: every capture refers to old ones
-            self._captures.clear()
-            self._refused.clear()
-            self._serving.clear()
-            self._store.clear()
+            self.invalidate()
             self._ids = ids
-        signature = (modes, inputs.signature, inputs.batch if inputs.batch < 2 else None)
+        batch = inputs.batch if inputs.batch < 2 else None
+        signature = (modes, autocast_state(), inputs.signature, batch)
         cap = self._serving.get((signature, inputs.shapes))
         if cap is None:
             cap = self._serve(signature, inputs, args, kwargs)
