@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -243,3 +245,41 @@ def test_show_lists_conditional_events(tmp_path, capsys) -> None:
     }
     assert [c["paths"] for c in first["changes"]] == [["out"]]
     assert second["counts"]["trainable"]["tensors"] == 4
+
+
+#: Generous: the child takes a fraction of a second; enumerating every combination of fired
+#: groups of 30 `when` statements (2**30 of them) would not finish.
+LIMIT_S = 120
+
+_MANY_CONDITIONS = """
+import warnings
+import torch.nn as nn
+import freezepolicy
+k = 30
+model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(k)])
+text = "freeze *\\n" + "\\n".join(
+    f"lr {0.01 * (i + 1):g}x for {i} when m{i} stops decreasing for 1 evaluation" for i in range(k)
+)
+policy = freezepolicy.parse(text)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", freezepolicy.PolicyWarning)
+    groups = freezepolicy.param_groups(model, policy, lr=1e-3)
+    freezepolicy.apply_policy(model, policy)
+print(sum(len(g["params"]) for g in groups))
+"""
+
+
+def test_many_when_statements_bind_without_trying_every_combination() -> None:
+    """The moments a binding checks grow with the number of `when` statements, not with the
+    number of their combinations (2**30 here), in param_groups and apply_policy alike."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _MANY_CONDITIONS],
+            capture_output=True,
+            text=True,
+            timeout=LIMIT_S,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"binding 30 `when` statements still running after {LIMIT_S} s")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["60"]

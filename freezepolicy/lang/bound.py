@@ -8,6 +8,7 @@ moment is per signature, not per name.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -402,7 +403,9 @@ class BoundPolicy:
         ]
         if not conditional:
             return out
-        counts = list(itertools.product(*(range(n + 1) for _, n in conditional)))[1:]
+        # Every combination of fired counts is (n1 + 1) * (n2 + 1) * ... - 1 of them: counted
+        # before any is made, since 20 `when` statements would make a million.
+        combinations = math.prod(n + 1 for _, n in conditional) - 1
         # A group can also fire after every timed moment on one clock and not on the other
         # (past the last epoch event, before a step-timed warm-up has ended): each clock gets a
         # moment after its last event.
@@ -414,7 +417,7 @@ class BoundPolicy:
             | {(e, late_step) for e, _ in timed}
         )
         pairs = [(f, m) for f in times for m in times if f[0] <= m[0] and f[1] <= m[1]]
-        if len(counts) * len(pairs) > limit:
+        if combinations * len(pairs) > limit:
             # Each statement alone at each count, and all at their last, at the start and at
             # the last moment.
             counts = [
@@ -423,6 +426,8 @@ class BoundPolicy:
                 for k in range(1, n + 1)
             ] + [tuple(n for _, n in conditional)]
             pairs = [(timed[0], timed[0]), (timed[0], late), (late, late)]
+        else:
+            counts = list(itertools.product(*(range(n + 1) for _, n in conditional)))[1:]
         for ks in counts:
             for f, m in pairs:
                 fired = tuple((i, (f,) * k) for (i, _), k in zip(conditional, ks, strict=True) if k)
