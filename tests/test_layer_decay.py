@@ -121,3 +121,34 @@ def test_layer_decay_prints_in_one_canonical_form() -> None:
     canonical = "lr decay 0.75 per layer from *, x down blocks to a, b except c warmup 2 epochs\n"
     assert freezepolicy.parse(messy).format() == canonical
     assert freezepolicy.parse(canonical).format() == canonical
+
+
+def test_a_factor_that_rounds_to_0_at_the_deepest_layer_is_an_error_before_any_change() -> None:
+    """`1e-100` is a valid number, but its 4th power is 0: the lowest layer would get rate 0,
+    which freezes it. resolve, param_groups, apply_policy and lint say so (FP112), as they do
+    for `lr 1e-400` written out; nothing is changed."""
+    from torch import nn
+
+    from freezepolicy.lang.checks import check_names
+
+    model = nn.Sequential(
+        nn.Linear(2, 2), nn.Sequential(*[nn.Linear(2, 2) for _ in range(3)]), nn.Linear(2, 2)
+    )
+    names = [n for n, _ in model.named_parameters()]
+    policy = freezepolicy.parse("lr decay 1e-100 per layer from 2 down 1 to 0")
+    calls = [
+        lambda: policy.resolve(names),
+        lambda: freezepolicy.param_groups(model, policy, lr=1e-3),
+        lambda: freezepolicy.apply_policy(model, policy),
+    ]
+    for call in calls:
+        with pytest.raises(freezepolicy.PolicyResolveError) as info:
+            call()
+        found = info.value.first
+        assert (found.code, found.line, found.column) == ("FP112", 1, 10)
+        assert "rounds to 0 at depth 4" in found.message
+    assert all(p.requires_grad for p in model.parameters())
+    (found,) = check_names(policy, names)
+    assert found.code == "FP112" and found.severity == "error"
+    # A factor whose powers stay above 0 at this depth is fine.
+    freezepolicy.parse("lr decay 1e-50 per layer from 2 down 1 to 0").resolve(names)

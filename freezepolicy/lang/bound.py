@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import arguments
 from .classify import classify, other_key
 from .conditions import NOTHING_FIRED, Fired, fired_moments
-from .errors import PolicyResolveError
+from .errors import Diagnostic, PolicyResolveError
 from .nodes import NamePattern, Selector, ShapePattern
 from .rules import Decision, Rate, Rule, rate_of
 
@@ -120,6 +120,7 @@ class BoundPolicy:
         self._warming = [r for r in policy.rules if r.statement.warmup is not None]
         self._signatures: list[int] | None = None
         self._position: dict[str, int] | None = None
+        self._decay_problems: list[Diagnostic] | None = None
 
     # --- classification ------------------------------------------------------------------------
 
@@ -149,6 +150,32 @@ class BoundPolicy:
         self._classified = found
         self._members_cache: list[list[int]] | None = None
         self._signatures = found.signatures
+
+    def decay_problems(self) -> list[Diagnostic]:
+        """FP112 for each layer decay whose factor, raised to the depth of the deepest layer
+        these names have, rounds to 0: that layer's rate would be 0, which freezes it, and no one
+        wrote `0` (as `lr 1e-400` is refused where it is written). An error for `resolve`,
+        `apply_policy` and `param_groups`; lint reports it too."""
+        if self._decay_problems is not None:
+            return self._decay_problems
+        self.signatures  # noqa: B018 - classify on first use
+        depths = self._classified.depths
+        out = []
+        for rule in self.policy.rules:
+            found = depths.get(rule.index)
+            layers = rule.statement.layers
+            if not found or layers is None:
+                continue
+            deepest = max((d for d in found if d is not None), default=0)
+            if deepest and layers.factor.number**deepest == 0.0:
+                message = (
+                    f"`lr decay {layers.factor}` rounds to 0 at depth {deepest} (its layers"
+                    f" here are {deepest + 1} deep): that layer's rate would be 0, which freezes"
+                    " it; use a larger factor, or `freeze` what should not train"
+                )
+                out.append(self.policy.diagnostic("FP112", message, rule.statement, layers.factor))
+        self._decay_problems = out
+        return out
 
     def first_of_signature(self) -> list[int]:
         """For each signature, the index of its first name."""
@@ -247,6 +274,9 @@ class BoundPolicy:
         """One decision per signature at (epoch, step): the decision of its first name.
         `fired`: when the groups of `when` statements took effect (conditions.py)."""
         epoch, step, steps_per_epoch = arguments.moment(epoch, step, steps_per_epoch)
+        problems = self.decay_problems()
+        if problems:
+            raise PolicyResolveError(problems)
         fired = self.fired(fired)
         key = self.state_key(epoch, step, steps_per_epoch, fired)
         cached = self._templates.get(key)

@@ -81,6 +81,7 @@ def check_names(
                 out.append(_diag(policy, "FP201", _nothing_message(sel, st, suggest), sel, st))
                 if sel not in st.selection.exclude:
                     silent.add(index)
+    out.extend(bound.decay_problems())  # FP112: a layer decay that rounds to 0 at depth
     effective = bound.effective_statements()
     rules_of: dict[int, list[Rule]] = {}
     for r in policy.rules:

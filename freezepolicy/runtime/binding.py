@@ -74,11 +74,16 @@ class Binding:
 
         self.moments = self.bound.moments(limit=MAX_MOMENTS)
         #: FP205 diagnostics: a tied tensor decided two ways at some moment of the timeline.
-        self.errors = (
-            tied_conflicts_over_time(policy, self.bound, snap.tied, self.moments, steps_per_epoch)
-            if snap.tied
-            else []
-        )
+        self.errors = [
+            *self.bound.decay_problems(),  # FP112: a layer decay that rounds to 0 at depth
+            *(
+                tied_conflicts_over_time(
+                    policy, self.bound, snap.tied, self.moments, steps_per_epoch
+                )
+                if snap.tied
+                else []
+            ),
+        ]
         #: Name-level findings (FP201 selects nothing, FP202/FP204 never effective).
         self.diagnostics = [
             d
