@@ -305,3 +305,30 @@ def test_invalidate_forgets_the_captures_that_hold_plain_attributes() -> None:
     cached.invalidate()
     assert torch.equal(cached(x), model(x))
     assert cached.stats().captures == 2
+
+
+def test_a_copy_after_use_starts_empty_and_computes_what_its_model_does() -> None:
+    """copy.deepcopy (an EMA model) and torch.save of the whole wrapper work after it has
+    cached: a copy drops the captures and values of the original's tensors and captures again;
+    anticipated sets are bound to the copy's own tensors."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 3))
+    policy = freezepolicy.parse("freeze *\nunfreeze 3\nunfreeze 2 at epoch 1")
+    freezepolicy.apply_policy(model, policy)
+    cached = freezepolicy.cache_frozen(model, anticipate=policy)
+    x = torch.randn(5, 8)
+    cached(x)
+    twin = copy.deepcopy(cached)
+    with torch.no_grad():
+        twin.model[0].weight.mul_(2)  # the copy's tensors are its own
+    assert torch.equal(twin(x), twin.model(x)) and not torch.equal(twin(x), cached(x))
+    assert torch.equal(cached(x), model(x))
+    assert twin.stats().captures == 1 and len(twin._anticipated) == len(cached._anticipated)
+    buffer = io.BytesIO()
+    torch.save(cached, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(x), model(x))

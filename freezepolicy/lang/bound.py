@@ -16,6 +16,7 @@ from . import arguments
 from .classify import classify, other_key
 from .conditions import NOTHING_FIRED, Fired, fired_moments
 from .errors import Diagnostic, PolicyResolveError
+from .layers import decay_underflows
 from .nodes import NamePattern, Selector, ShapePattern
 from .rules import Decision, Rate, Rule, rate_of
 
@@ -152,30 +153,12 @@ class BoundPolicy:
         self._signatures = found.signatures
 
     def decay_problems(self) -> list[Diagnostic]:
-        """FP112 for each layer decay whose factor, raised to the depth of the deepest layer
-        these names have, rounds to 0: that layer's rate would be 0, which freezes it, and no one
-        wrote `0` (as `lr 1e-400` is refused where it is written). An error for `resolve`,
-        `apply_policy` and `param_groups`; lint reports it too."""
-        if self._decay_problems is not None:
-            return self._decay_problems
-        self.signatures  # noqa: B018 - classify on first use
-        depths = self._classified.depths
-        out = []
-        for rule in self.policy.rules:
-            found = depths.get(rule.index)
-            layers = rule.statement.layers
-            if not found or layers is None:
-                continue
-            deepest = max((d for d in found if d is not None), default=0)
-            if deepest and layers.factor.number**deepest == 0.0:
-                message = (
-                    f"`lr decay {layers.factor}` rounds to 0 at depth {deepest} (its layers"
-                    f" here are {deepest + 1} deep): that layer's rate would be 0, which freezes"
-                    " it; use a larger factor, or `freeze` what should not train"
-                )
-                out.append(self.policy.diagnostic("FP112", message, rule.statement, layers.factor))
-        self._decay_problems = out
-        return out
+        """FP112 for each layer decay whose factor rounds to 0 at the deepest layer of these
+        names (layers.decay_underflows): an error for resolve, apply_policy and param_groups."""
+        if self._decay_problems is None:
+            self.signatures  # noqa: B018 - classify on first use
+            self._decay_problems = decay_underflows(self.policy, self._classified.depths)
+        return self._decay_problems
 
     def first_of_signature(self) -> list[int]:
         """For each signature, the index of its first name."""

@@ -16,12 +16,17 @@ block just below the top), and the bottom is one below the deepest stack.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from .errors import Diagnostic
 from .nodes import LayerDecay, NamePattern
 from .patterns import IndexFromEnd, Literal, NumberRange, PatternParts, parse_name_pattern
 from .relative import IndexedParents, absolute
+
+if TYPE_CHECKING:
+    from .policy import Policy
 
 
 @dataclass(frozen=True)
@@ -88,3 +93,26 @@ def depth(
     if in_top:
         return 0
     return None
+
+
+def decay_underflows(
+    policy: Policy, depths: Mapping[int, Sequence[int | None]]
+) -> list[Diagnostic]:
+    """FP112 for each layer decay (rule index -> depth of each signature, as `classify` found)
+    whose factor, raised to the depth of the deepest layer, rounds to 0: that layer's rate would
+    be 0, which freezes it, and no one wrote `0` (as `lr 1e-400` is refused where written)."""
+    out = []
+    for rule in policy.rules:
+        found = depths.get(rule.index)
+        layers = rule.statement.layers
+        if not found or layers is None:
+            continue
+        deepest = max((d for d in found if d is not None), default=0)
+        if deepest and layers.factor.number**deepest == 0.0:
+            message = (
+                f"`lr decay {layers.factor}` rounds to 0 at depth {deepest} (its layers here are"
+                f" {deepest + 1} deep): that layer's rate would be 0, which freezes it; use a"
+                " larger factor, or `freeze` what should not train"
+            )
+            out.append(policy.diagnostic("FP112", message, rule.statement, layers.factor))
+    return out

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from ...lang.api import load
 from ...lang.policy import Policy
 from .capture import (
     Capture,
@@ -117,6 +118,10 @@ class CachedModule(nn.Module):
         self._warned: set[str] = set()
         self._counts: dict[str, Any] = {}
         self._reasons: dict[str, None] = {}
+        if anticipate is not None and not isinstance(anticipate, Policy):
+            anticipate = load(anticipate)
+        #: Kept so that a copy can bind it to its own tensors (see __setstate__).
+        self._anticipate = anticipate
         self._anticipated = _anticipated_sets(model, anticipate) if anticipate is not None else []
         if not FAST:
             warnings.warn(
@@ -125,6 +130,25 @@ class CachedModule(nn.Module):
                 stacklevel=3,
             )
         self.reset_stats()
+
+    # --- copies (copy.deepcopy for an EMA model, torch.save of the whole module) --------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The module without its caches: captured graphs hold fake tensors and the cached
+        values are keyed by the identity of the original's tensors, neither of which means
+        anything in a copy. A copy starts empty and captures again on its first call."""
+        state = self.__dict__.copy()
+        state["_store"] = Store(self._store.max_bytes)
+        state["_captures"], state["_refused"], state["_serving"] = {}, {}, {}
+        state["_ids"] = None
+        state["_anticipated"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.reset_stats()  # a copy's statistics are its own, from its first call
+        if self._anticipate is not None:  # the anticipated sets are of this copy's tensors
+            self._anticipated = _anticipated_sets(self._orig_mod, self._anticipate)
 
     # --- the wrapped model -------------------------------------------------------------------
 
@@ -405,7 +429,6 @@ def _trainable_names(cap: Capture, leaves: tuple[Any, ...]) -> set[str]:
 
 def _anticipated_sets(model: nn.Module, policy: Policy | str | os.PathLike[str]) -> list[set[int]]:
     """The trainable sets (parameter ids) `policy` gives `model` at each of its moments."""
-    from ...lang.api import load
     from ...lang.errors import PolicyError
     from ..modelinfo import inspect_model, shapes_of
 
