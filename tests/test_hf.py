@@ -566,6 +566,13 @@ def test_attach_refuses_a_second_policy(tmp_path: Path) -> None:
         attach(trainer, existing)
 
 
+@pytest.mark.parametrize("trainer", [None, "trainer", torch.nn.Linear(2, 2)])
+def test_attach_says_it_needs_a_trainer(trainer: Any) -> None:
+    """The arguments swapped, a model, or nothing: a TypeError naming what was given."""
+    with pytest.raises(TypeError, match=r"takes a transformers Trainer first, got "):
+        attach(trainer, fp.parse("freeze *"))
+
+
 def test_steps_per_epoch_counts_as_the_trainer_does(tmp_path: Path) -> None:
     args = training_args(tmp_path, gradient_accumulation_steps=3)
     assert steps_per_epoch(range(10), args) == 4  # 3 + 3 + 3 + 1 batches

@@ -360,6 +360,13 @@ def attach(
 
     Call it after creating the Trainer and before `trainer.train()`. Returns the callback.
     """
+    # A transformers Trainer, checked by what attach uses (duck typing: subclasses and
+    # look-alikes such as trl's trainers work), before anything is built or changed.
+    if not (hasattr(trainer, "callback_handler") and hasattr(trainer, "create_optimizer")):
+        raise TypeError(
+            "attach(trainer, policy) takes a transformers Trainer first, got"
+            f" {type(trainer).__name__}"
+        )
     if isinstance(policy, FreezePolicyCallback):
         callback = policy
     else:
