@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
+from cli_driver import run_many
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_matcher import parse_atoms, part_matches, split_parts
@@ -244,28 +243,27 @@ def test_apply_policy_trains_the_last_two_blocks_of_any_depth(depth: int) -> Non
     assert {n for n in trainable if ".layer." not in n} == {"classifier.weight", "classifier.bias"}
 
 
-def _cli(*args: str, cwd) -> tuple[int, str, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "freezepolicy", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done.returncode, done.stdout, done.stderr
-
-
 def test_lint_names_lint_model_and_show_resolve_indices_from_the_end(tmp_path) -> None:
     (tmp_path / "p.freeze").write_text("freeze *\nunfreeze encoder.layer.-2..-1, classifier\n")
     (tmp_path / "deep.txt").write_text("\n".join(bert_names(7, "bert.")) + "\n")
     (tmp_path / "flat.txt").write_text("fc.weight\nencoder.layer.weight\nclassifier.weight\n")
-    assert _cli("lint", "p.freeze", "--names", "deep.txt", cwd=tmp_path) == (0, "", "")
-    code, out, _ = _cli("lint", "p.freeze", "--names", "flat.txt", cwd=tmp_path)
-    assert code == 1 and "p.freeze:2:10: warning:" in out and "[FP201]" in out
     spec = "transformers:bert/sequence-classification"  # 12 blocks in the default config
-    assert _cli("lint", "p.freeze", "--model", spec, cwd=tmp_path) == (0, "", "")
-    code, out, err = _cli("show", "p.freeze", "--model", spec, "--format", "json", cwd=tmp_path)
+    deep, flat, model, show = (
+        (r["code"], r["stdout"], r["stderr"])
+        for r in run_many(
+            [
+                ["lint", "p.freeze", "--names", "deep.txt"],
+                ["lint", "p.freeze", "--names", "flat.txt"],
+                ["lint", "p.freeze", "--model", spec],
+                ["show", "p.freeze", "--model", spec, "--format", "json"],
+            ],
+            cwd=tmp_path,
+        )
+    )
+    assert deep == (0, "", "") and model == (0, "", "")
+    code, out, _ = flat
+    assert code == 1 and "p.freeze:2:10: warning:" in out and "[FP201]" in out
+    code, out, err = show
     assert code == 0, err
     states = {m["path"]: m["state"] for m in json.loads(out)["modules"]}
     assert [b for b in range(12) if states[f"bert.encoder.layer.{b}"] == "trainable"] == [10, 11]
