@@ -34,8 +34,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from ...lang.api import load
 from ...lang.policy import Policy
+from ..binding import as_policy
 from .capture import (
     Capture,
     CaptureError,
@@ -118,8 +118,8 @@ class CachedModule(nn.Module):
         self._warned: set[str] = set()
         self._counts: dict[str, Any] = {}
         self._reasons: dict[str, None] = {}
-        if anticipate is not None and not isinstance(anticipate, Policy):
-            anticipate = load(anticipate)
+        if anticipate is not None:
+            anticipate = as_policy(anticipate)
         #: Kept so that a copy can bind it to its own tensors (see __setstate__).
         self._anticipate = anticipate
         self._anticipated = _anticipated_sets(model, anticipate) if anticipate is not None else []
@@ -427,13 +427,11 @@ def _trainable_names(cap: Capture, leaves: tuple[Any, ...]) -> set[str]:
     return names
 
 
-def _anticipated_sets(model: nn.Module, policy: Policy | str | os.PathLike[str]) -> list[set[int]]:
+def _anticipated_sets(model: nn.Module, policy: Policy) -> list[set[int]]:
     """The trainable sets (parameter ids) `policy` gives `model` at each of its moments."""
     from ...lang.errors import PolicyError
     from ..modelinfo import inspect_model, shapes_of
 
-    if not isinstance(policy, Policy):
-        policy = load(policy)
     info = inspect_model(model)
     bound = policy.bind(info.names, info.module_types, shapes_of(info.params))
     sets = []
